@@ -1,0 +1,47 @@
+"""API keys from gateway.yaml (``auth.api_keys``), sent as ``Authorization: Bearer <key>``."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from aiohttp import web
+
+from ..config import ApiKey
+from ..gateway import Gateway
+from ..hookspecs import hookimpl
+from ..types import Identity
+
+_STATE = "first_proxy.api_keys"
+
+
+@hookimpl(trylast=True)
+def startup(gateway: Gateway) -> None:
+    gateway.state[_STATE] = {key.sha256: key for key in gateway.config.auth.api_keys}
+
+
+@hookimpl(trylast=True)
+def authenticate(request: web.Request, gateway: Gateway) -> Identity | None:
+    token = bearer_token(request)
+    if token is None:
+        return None
+    keys: dict[str, ApiKey] = gateway.state.get(_STATE, {})
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    # Look up by digest, then confirm in constant time: nothing about the key leaks by timing.
+    key = keys.get(digest)
+    if key is None or not hmac.compare_digest(key.sha256, digest):
+        return None
+    extra = {"auth": "api_key"}
+    if key.requests_per_minute is not None:
+        extra["requests_per_minute"] = key.requests_per_minute
+    return Identity(user_id=f"key:{key.name}", username=key.name, groups=key.groups,
+                    idp="api_key", extra=extra)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, or None."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

@@ -1,0 +1,151 @@
+"""The running gateway: configuration, plugins, store, shared sessions, statuses, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import pluggy
+from aiohttp import web
+
+from .config import GatewayConfig, ModelConfig
+from .errors import ConfigError
+from .hooks import Hooks
+from .metrics import Metrics
+from .requestlog import RequestLog, RequestRecord
+from .store import Store, open_store
+from .types import Status, Target
+
+__all__ = ["Gateway", "check_backends"]
+
+log = logging.getLogger("first_proxy")
+
+
+class Gateway:
+    """Everything a request handler or a plugin needs, for the life of one application."""
+
+    def __init__(self, config: GatewayConfig, pm: pluggy.PluginManager) -> None:
+        self.config = config
+        self.pm = pm
+        self.hooks = Hooks(pm, self)
+        self.metrics = Metrics()
+        #: Latest ``report_status`` answer per :attr:`Target.key`.
+        self.statuses: dict[str, Status] = {}
+        #: Per-gateway state for plugins; key it by your plugin's name.
+        self.state: dict[str, Any] = {}
+        self.store: Store | None = None
+        self.request_log: RequestLog | None = None
+        self.active_streams: weakref.WeakSet[web.StreamResponse] = weakref.WeakSet()
+        self.started_at = time.time()
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- what plugins use ---------------------------------------------------------------
+
+    def plugin_config(self, name: str) -> Mapping[str, Any]:
+        """The ``plugins.<name>`` section of gateway.yaml (empty if absent)."""
+        return self.config.plugins.get(name, {})
+
+    def session(self, target: Target) -> aiohttp.ClientSession:
+        """The one shared HTTP session for ``target``, opened on first use."""
+        session = self._sessions.get(target.key)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=target.max_connections, limit_per_host=target.max_connections,
+                ttl_dns_cache=300,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=target.timeouts.connect),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+            )
+            self._sessions[target.key] = session
+        return session
+
+    def model(self, name: str) -> ModelConfig | None:
+        return self.config.models.get(name)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        problems = check_backends(self.config, self.hooks.backends())
+        if problems:
+            raise ConfigError(self.config.source, problems)
+        self.store = await open_store(self.config.store)
+        self.request_log = RequestLog(self.store, self.config.request_log, self.metrics)
+        self.request_log.start()
+        await self.hooks.startup()
+        if self.pm.hook.report_status.get_hookimpls() and self.config.targets():
+            self._poller = asyncio.create_task(self._poll_statuses(), name="first-proxy-status")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        try:
+            await self.hooks.shutdown()
+        finally:
+            if self.request_log is not None:
+                await self.request_log.aclose()
+            if self.store is not None:
+                await self.store.close()
+            for session in self._sessions.values():
+                await session.close()
+            self._sessions.clear()
+
+    def record(self, row: RequestRecord) -> None:
+        """Count a finished request and queue its log row; never waits."""
+        self.metrics.observe(row)
+        if self.request_log is not None:
+            self.request_log.add(row)
+
+    # -- status -------------------------------------------------------------------------
+
+    async def refresh_statuses(self) -> None:
+        """Ask ``report_status`` about every target now, all at once."""
+        await asyncio.gather(*(self._check(t) for t in self.config.targets()))
+
+    async def _check(self, target: Target) -> None:
+        try:
+            async with asyncio.timeout(self.config.status.timeout):
+                status = await self.hooks.report_status(target)
+        except Exception as e:  # a plugin's failure is the target's status, not ours
+            status = Status(reachable=False, last_error=f"{type(e).__name__}: {e}"[:500])
+        if status is None:
+            return
+        status.checked_at = time.time()
+        self.statuses[target.key] = status
+        self.metrics.target_up.labels(target.model, target.name).set(1 if status.reachable else 0)
+
+    async def _poll_statuses(self) -> None:
+        while True:
+            await self.refresh_statuses()
+            await asyncio.sleep(self.config.status.interval)
+
+
+def check_backends(
+    config: GatewayConfig, backends: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """Problems with the targets' backends: unknown names and what their validators report."""
+    problems: list[tuple[str, str]] = []
+    known = ", ".join(sorted(backends)) or "none: install a backend plugin"
+    for model in config.models.values():
+        for i, target in enumerate(model.targets):
+            path = f"models.{model.name}.targets[{i}]"
+            if target.backend not in backends:
+                problems.append((f"{path}.backend",
+                                 f"no installed plugin dispatches backend {target.backend!r} "
+                                 f"(installed backends: {known})"))
+                continue
+            validate = backends[target.backend]
+            if validate is not None:
+                problems.extend(validate(target, path) or ())
+    return problems

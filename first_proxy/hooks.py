@@ -1,0 +1,119 @@
+"""A typed facade over the plugin manager: how the core calls each hook.
+
+pluggy has no async support, so the core walks the implementations itself, in pluggy's
+order, and awaits whatever each returns. That also lets ``authenticate`` stop at the first
+answer without starting the others.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .types import Call, Denial, Identity, Status, Target, UpstreamResponse
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .gateway import Gateway
+
+__all__ = ["Hooks", "await_me_maybe"]
+
+
+async def await_me_maybe(value: Any) -> Any:
+    """The value, awaited if it is awaitable."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class _Caller:
+    """Calls one hook's implementations, each with only the arguments it asks for."""
+
+    def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
+        impls = getattr(pm.hook, name).get_hookimpls()
+        self.impls = [
+            (impl.function, impl.argnames)
+            for impl in reversed(impls)
+            if not (impl.hookwrapper or impl.wrapper)
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self.impls)
+
+    async def first(self, **kwargs: Any) -> Any:
+        for function, argnames in self.impls:
+            result = await await_me_maybe(function(*[kwargs[a] for a in argnames]))
+            if result is not None:
+                return result
+        return None
+
+    async def all(self, **kwargs: Any) -> list[Any]:
+        results = []
+        for function, argnames in self.impls:
+            result = await await_me_maybe(function(*[kwargs[a] for a in argnames]))
+            if result is not None:
+                results.append(result)
+        return results
+
+
+class Hooks:
+    """The combination rules of each hook, in one place."""
+
+    def __init__(self, pm: pluggy.PluginManager, gateway: Gateway) -> None:
+        self.pm = pm
+        self.gateway = gateway
+        self._authenticate = _Caller(pm, "authenticate")
+        self._authorize = _Caller(pm, "authorize")
+        self._limits = _Caller(pm, "check_limits")
+        self._select = _Caller(pm, "select_target")
+        self._dispatch = _Caller(pm, "dispatch")
+        self._report = _Caller(pm, "report_status")
+
+    def backends(self) -> dict[str, Callable[..., Any] | None]:
+        """Backend name → its validator, from every ``register_backends``."""
+        found: dict[str, Callable[..., Any] | None] = {}
+
+        def register(name: str, validate: Callable[..., Any] | None = None) -> None:
+            found[name] = validate
+
+        self.pm.hook.register_backends(register=register)
+        return found
+
+    async def startup(self) -> None:
+        for result in self.pm.hook.startup(gateway=self.gateway):
+            await await_me_maybe(result)
+
+    async def shutdown(self) -> None:
+        for result in self.pm.hook.shutdown(gateway=self.gateway):
+            await await_me_maybe(result)
+
+    async def authenticate(self, request: web.Request) -> Identity | None:
+        return await self._authenticate.first(request=request, gateway=self.gateway)
+
+    async def authorize(self, identity: Identity, model: str, target: Target | None) -> Denial | None:
+        denials = await self._authorize.all(
+            identity=identity, model=model, target=target, gateway=self.gateway
+        )
+        return denials[0] if denials else None
+
+    async def check_limits(self, identity: Identity, model: str) -> Denial | None:
+        denials = await self._limits.all(identity=identity, model=model, gateway=self.gateway)
+        return denials[0] if denials else None
+
+    async def select_target(
+        self, model: str, candidates: Sequence[Target], statuses: Mapping[str, Status]
+    ) -> Sequence[Target]:
+        ordered = await self._select.first(
+            model=model, candidates=candidates, statuses=statuses, gateway=self.gateway
+        )
+        return list(candidates) if ordered is None else ordered
+
+    async def dispatch(self, target: Target, call: Call) -> UpstreamResponse | None:
+        return await self._dispatch.first(target=target, call=call, gateway=self.gateway)
+
+    async def report_status(self, target: Target) -> Status | None:
+        return await self._report.first(target=target, gateway=self.gateway)

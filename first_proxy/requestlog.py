@@ -1,0 +1,115 @@
+"""One row per request, written in batches so that no response waits for the database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import RequestLogConfig
+    from .metrics import Metrics
+    from .store import Store
+
+__all__ = ["RequestLog", "RequestRecord"]
+
+log = logging.getLogger("first_proxy.requestlog")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What the log keeps of one request. Never the caller's credential."""
+
+    ts: float
+    request_id: str
+    endpoint: str
+    user: str | None = None
+    model: str | None = None
+    target: str | None = None
+    status: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    stream: bool = False
+    attempts: int = 0
+    error: str | None = None
+    #: The request body, only when ``request_log.include_prompts`` is on.
+    prompt: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
+
+
+class RequestLog:
+    """A buffer of rows flushed to the store every ``flush_interval`` or ``batch_size`` rows.
+
+    While the store is unreachable rows stay buffered (up to ``max_buffer``) and are retried;
+    ``aclose`` writes whatever is left.
+    """
+
+    def __init__(self, store: Store, config: RequestLogConfig, metrics: Metrics) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self._rows: list[RequestRecord] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="first-proxy-request-log")
+
+    def add(self, row: RequestRecord) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self.config.batch_size:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    async def flush(self) -> bool:
+        """Write everything buffered; False (rows kept) if the store failed."""
+        while self._rows:
+            batch = self._rows[: self.config.batch_size]
+            try:
+                await self.store.insert_requests(batch)
+            except Exception as e:
+                log.warning("request log: store write failed, %d row(s) kept for retry: %s",
+                            len(self._rows), e)
+                self._trim()
+                return False
+            del self._rows[: len(batch)]
+        return True
+
+    def _trim(self) -> None:
+        excess = len(self._rows) - self.config.max_buffer
+        if excess > 0:
+            del self._rows[:excess]
+            self.metrics.log_dropped.inc(excess)
+            log.error("request log: dropped %d oldest row(s): the store has been unreachable "
+                      "for too long", excess)
+
+    async def _run(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.flush_interval)
+            self._wake.clear()
+            await self.flush()
+
+    async def aclose(self) -> None:
+        # Let a write in progress finish rather than cancel it: a cancelled write may still
+        # commit, and its rows would then be written twice.
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if not await self.flush():
+            log.error("request log: %d row(s) could not be written at shutdown", len(self._rows))

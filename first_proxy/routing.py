@@ -1,0 +1,316 @@
+"""The request path: identify, check, choose targets, dispatch, fail over, answer, log.
+
+Failover happens only while nothing has reached the caller: a connection error, a timeout,
+a 429 or a 5xx moves the call to the next target. Once a stream has started, an upstream
+failure ends it with an SSE error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .errors import (
+    AuthenticationError,
+    NoTargetAvailable,
+    NotFound,
+    PermissionDenied,
+    ProxyError,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+    error_body,
+)
+from .gateway import Gateway
+from .keys import GATEWAY, REQUEST_ID
+from .requestlog import RequestRecord
+from .streaming import SSE_HEADERS, UsageTee, next_chunk, sse_error, usage_of
+from .types import Call, Denial, Identity, Target, UpstreamResponse
+from .validation import parse_request
+
+__all__ = ["authenticate", "denial_error", "proxy"]
+
+
+async def authenticate(request: web.Request, gateway: Gateway) -> Identity:
+    """The caller's identity, or a 401 that says how to authenticate."""
+    identity = await gateway.hooks.authenticate(request)
+    if identity is not None:
+        return identity
+    if "Authorization" not in request.headers:
+        raise AuthenticationError(
+            "No credentials were sent. Send your key or access token as "
+            "'Authorization: Bearer <token>'.", code="missing_credentials")
+    raise AuthenticationError(
+        "The key or access token was not accepted: it is unknown, expired or revoked. "
+        "Check it, or get a new one from your gateway administrator.")
+
+
+def denial_error(denial: Denial) -> ProxyError:
+    """The ProxyError a Denial becomes: 403, or 429 with Retry-After."""
+    if denial.status == 429:
+        headers = ({"Retry-After": str(max(1, round(denial.retry_after)))}
+                   if denial.retry_after is not None else None)
+        return RateLimited(denial.reason, code=denial.code, headers=headers)
+    error = PermissionDenied(denial.reason, code=denial.code)
+    error.status = denial.status
+    return error
+
+
+async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
+    """Answer one inference request on ``endpoint`` (``chat/completions``, ...)."""
+    gateway = request.app[GATEWAY]
+    started = time.perf_counter()
+    row = RequestRecord(ts=time.time(), request_id=request[REQUEST_ID], endpoint=endpoint)
+    gateway.metrics.in_flight.inc()
+    try:
+        response = await _proxy(request, gateway, endpoint, row, started)
+        row.status = row.status or response.status
+        return response
+    except ProxyError as e:
+        row.status, row.error = e.status, e.code
+        raise
+    except asyncio.CancelledError:
+        row.status, row.error = 499, "client_disconnected"
+        raise
+    except BaseException:
+        row.status, row.error = 500, "internal_error"
+        raise
+    finally:
+        gateway.metrics.in_flight.dec()
+        row.latency_ms = (time.perf_counter() - started) * 1000
+        gateway.record(row)
+
+
+async def _proxy(request: web.Request, gateway: Gateway, endpoint: str, row: RequestRecord,
+                 started: float) -> web.StreamResponse:
+    identity = await authenticate(request, gateway)
+    row.user = identity.user_id
+    raw = await request.read()
+    body = parse_request(raw, endpoint)
+    name: str = body["model"]
+    model = gateway.model(name)
+    if model is None:
+        raise NotFound(
+            f"The model {name!r} does not exist. GET /v1/models lists the models you may use.",
+            code="model_not_found", param="model")
+    row.model = name
+    denial = await gateway.hooks.authorize(identity, name, None)
+    if denial is None:
+        denial = await gateway.hooks.check_limits(identity, name)
+    if denial is not None:
+        raise denial_error(denial)
+
+    candidates = model.targets
+    pin = request.match_info.get("cluster"), request.match_info.get("framework")
+    if pin[0] is not None:
+        candidates = tuple(t for t in candidates if (t.cluster, t.framework) == pin)
+        if not candidates:
+            raise NotFound(
+                f"The model {name!r} is not served on {pin[0]}/{pin[1]}. Drop the cluster and "
+                "framework from the path to let the gateway choose.", code="model_not_found",
+                param="model")
+    allowed: list[Target] = []
+    refusal: Denial | None = None
+    for target in candidates:
+        denial = await gateway.hooks.authorize(identity, name, target)
+        if denial is None:
+            allowed.append(target)
+        else:
+            refusal = refusal or denial
+    if not allowed:
+        raise denial_error(refusal) if refusal else NoTargetAvailable(f"{name!r} has no target")
+    ordered = await gateway.hooks.select_target(name, allowed, gateway.statuses)
+    if not ordered:
+        raise NoTargetAvailable(
+            f"No target for {name!r} is available right now. Try again in a minute; "
+            "GET /status shows which targets are up.")
+
+    call = Call(endpoint=endpoint, model=name, body=body, raw=raw,
+                stream=body.get("stream") is True, identity=identity,
+                request_id=row.request_id)
+    row.stream = call.stream
+    if gateway.config.request_log.include_prompts:
+        row.prompt = raw.decode("utf-8", "replace")
+    return await _forward(request, gateway, call, ordered, row, started)
+
+
+@dataclass(slots=True)
+class _Failure:
+    target: Target
+    kind: str  # "connect", "timeout", "busy", "status", "empty"
+    message: str
+
+
+async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: list[Target],
+                   row: RequestRecord, started: float) -> web.StreamResponse:
+    failures: list[_Failure] = []
+    for target in ordered:
+        row.attempts += 1
+        row.target = target.name
+        upstream: UpstreamResponse | None = None
+        first = b""
+        try:
+            async with asyncio.timeout(min(target.timeouts.first_byte, target.timeouts.total)):
+                upstream = await gateway.hooks.dispatch(target, call)
+                if upstream is None:
+                    raise UpstreamError(f"no plugin dispatched backend {target.backend!r}")
+                if upstream.status == 429 or upstream.status >= 500:
+                    failures.append(_Failure(
+                        target, "busy" if upstream.status == 429 else "status",
+                        f"HTTP {upstream.status}: {_upstream_message(upstream.body)}"))
+                    await upstream.aclose()
+                    gateway.metrics.upstream_error(call.model, target.name, failures[-1].kind)
+                    continue
+                if upstream.chunks is not None:
+                    first = await next_chunk(upstream.chunks)
+        except (TimeoutError, UpstreamError, aiohttp.ClientError, StopAsyncIteration) as e:
+            if upstream is not None:
+                await upstream.aclose()
+            failures.append(_failure(target, e))
+            gateway.metrics.upstream_error(call.model, target.name, failures[-1].kind)
+            continue
+        except BaseException:
+            if upstream is not None:
+                await upstream.aclose()
+            raise
+        if upstream.chunks is not None:
+            return await _stream(request, gateway, call, target, upstream, first, row, started)
+        return _answer(upstream, target, row)
+    raise _exhausted(call.model, failures)
+
+
+def _failure(target: Target, error: BaseException) -> _Failure:
+    if isinstance(error, TimeoutError):
+        return _Failure(target, "timeout", "no answer in time")
+    if isinstance(error, StopAsyncIteration):
+        return _Failure(target, "empty", "the stream ended before its first event")
+    message = error.message if isinstance(error, ProxyError) else (str(error) or type(error).__name__)
+    return _Failure(target, "connect", message)
+
+
+def _exhausted(model: str, failures: list[_Failure]) -> ProxyError:
+    summary = "; ".join(f"{f.target.name}: {f.message}" for f in failures)
+    kinds = {f.kind for f in failures}
+    if kinds == {"timeout"}:
+        return UpstreamTimeout(
+            f"Every target for {model!r} timed out ({summary}). Try again later, or ask for "
+            "fewer tokens.")
+    if kinds == {"busy"}:
+        return RateLimited(f"Every target for {model!r} is busy ({summary}). Retry shortly.",
+                           code="upstream_busy", headers={"Retry-After": "5"})
+    return UpstreamError(
+        f"No target for {model!r} could answer ({summary}). Try again later; if this persists, "
+        "tell your gateway administrator.")
+
+
+def _answer(upstream: UpstreamResponse, target: Target, row: RequestRecord) -> web.Response:
+    body = upstream.body or b""
+    if upstream.status >= 400:
+        body = _as_openai_error(body, upstream.status)
+        content_type = "application/json"
+    else:
+        usage = usage_of(body)
+        if usage:
+            _count(row, usage)
+        content_type = upstream.content_type or "application/json"
+    return web.Response(body=body, status=upstream.status, headers={
+        "Content-Type": content_type, "X-First-Target": target.name})
+
+
+async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Target,
+                  upstream: UpstreamResponse, first: bytes, row: RequestRecord,
+                  started: float) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**SSE_HEADERS, "X-First-Target": target.name,
+                                           "X-Request-Id": call.request_id})
+    tee = UsageTee(hide_usage_chunk=call.usage_injected)
+    assert upstream.chunks is not None
+    try:
+        await response.prepare(request)
+        gateway.active_streams.add(response)
+        row.ttft_ms = (time.perf_counter() - started) * 1000
+        try:
+            await _write(response, tee.feed(first))
+            async with asyncio.timeout_at(_deadline(started, target)):
+                async for chunk in upstream.chunks:
+                    await _write(response, tee.feed(chunk))
+            await _write(response, tee.flush())
+        except (TimeoutError, aiohttp.ClientError, UpstreamError) as e:
+            error: ProxyError = (
+                UpstreamTimeout(f"target {target.name!r} took longer than its total timeout "
+                                f"({target.timeouts.total:g} s); the answer is cut short.")
+                if isinstance(e, TimeoutError) else
+                UpstreamError(f"target {target.name!r} failed in the middle of the answer: "
+                              f"{_failure(target, e).message}")
+            )
+            row.error = error.code
+            gateway.metrics.upstream_error(call.model, target.name, "midstream")
+            await response.write(sse_error(error))
+        await response.write_eof()
+    except ConnectionResetError:
+        row.status, row.error = 499, "client_disconnected"
+    finally:
+        await upstream.aclose()
+        gateway.active_streams.discard(response)
+        if tee.usage:
+            _count(row, tee.usage)
+    return response
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    if data:
+        await response.write(data)
+
+
+def _deadline(started: float, target: Target) -> float:
+    loop = asyncio.get_running_loop()
+    return loop.time() + target.timeouts.total - (time.perf_counter() - started)
+
+
+def _count(row: RequestRecord, usage: dict) -> None:
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    row.prompt_tokens = prompt if isinstance(prompt, int) else None
+    row.completion_tokens = completion if isinstance(completion, int) else None
+
+
+_STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                 403: "permission_error", 404: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def _upstream_message(body: bytes | None) -> str:
+    if not body:
+        return "no details"
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode("utf-8", "replace").strip() or "no details"
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"][:300]
+        for key in ("message", "detail", "error"):
+            if isinstance(data.get(key), str):
+                return data[key][:300]
+    return body[:300].decode("utf-8", "replace")
+
+
+def _as_openai_error(body: bytes, status: int) -> bytes:
+    """An upstream's error body in OpenAI's shape (vLLM, for one, puts ``message`` on top)."""
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return body
+        type_ = data.get("type") if isinstance(data.get("type"), str) else None
+        code = data.get("code")
+    else:
+        type_ = code = None
+    return error_body(_upstream_message(body), type_ or _STATUS_TYPES.get(status, "api_error"),
+                      code if isinstance(code, (str, int)) else status)

@@ -1,0 +1,111 @@
+"""Server-sent events passed through as they arrive, with usage read on the way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .errors import ProxyError
+
+__all__ = ["SSE_HEADERS", "UsageTee", "next_chunk", "sse_error", "usage_of"]
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    # Tell nginx and friends not to hold events back.
+    "X-Accel-Buffering": "no",
+}
+
+
+def sse_error(error: ProxyError) -> bytes:
+    """An SSE event carrying an OpenAI error object; the OpenAI SDK raises it as APIError."""
+    return b"data: " + error.body() + b"\n\n"
+
+
+class UsageTee:
+    """Watches SSE bytes on their way to the caller for the ``usage`` object.
+
+    Bytes are passed on event by event: a partial event waits for its end, nothing more. When
+    the core asked for a usage chunk the caller did not (``hide_usage_chunk``), that chunk is
+    read and left out, so the caller sees exactly the stream it asked for.
+    """
+
+    __slots__ = ("_pending", "hide_usage_chunk", "usage")
+
+    def __init__(self, hide_usage_chunk: bool = False) -> None:
+        self.hide_usage_chunk = hide_usage_chunk
+        self.usage: dict[str, Any] | None = None
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Bytes of complete events to forward now."""
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._pending = data
+            return b""
+        ready, self._pending = data[: end + 2], data[end + 2 :]
+        if b'"usage"' not in ready:
+            return ready
+        return b"".join(self._scan(event) for event in ready.split(b"\n\n") if event) or b""
+
+    def flush(self) -> bytes:
+        """Whatever is left when the upstream ends."""
+        rest, self._pending = self._pending, b""
+        if b'"usage"' in rest:
+            return self._scan(rest.rstrip(b"\n"))
+        return rest
+
+    def _scan(self, event: bytes) -> bytes:
+        out = event + b"\n\n"
+        if b'"usage"' not in event:
+            return out
+        payload = b"".join(
+            line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")
+        )
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return out
+        if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
+            return out
+        self.usage = message["usage"]
+        if self.hide_usage_chunk and not message.get("choices"):
+            return b""
+        return out
+
+
+def usage_of(body: bytes) -> dict[str, Any] | None:
+    """The ``usage`` object of a JSON answer, read without parsing the whole body.
+
+    Embeddings answers can be megabytes of floats; ``usage`` sits near the end and is small.
+    """
+    at = body.rfind(b'"usage"')
+    if at < 0:
+        return None
+    start = body.find(b"{", at)
+    if start < 0 or body[at + 7 : start].strip(b" \t\r\n:"):
+        return None  # "usage": null, or a key inside a string
+    depth = 0
+    for end in range(start, min(len(body), start + 4096)):
+        byte = body[end]
+        if byte == 0x7B:  # {
+            depth += 1
+        elif byte == 0x7D:  # }
+            depth -= 1
+            if depth == 0:
+                try:
+                    usage = orjson.loads(body[start : end + 1])
+                except orjson.JSONDecodeError:
+                    return None
+                return usage if isinstance(usage, dict) else None
+    return None
+
+
+async def next_chunk(chunks: Any) -> bytes:
+    """The first non-empty chunk of an upstream stream (StopAsyncIteration if none)."""
+    while True:
+        chunk = await chunks.__anext__()
+        if chunk:
+            return chunk

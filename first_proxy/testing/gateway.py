@@ -1,0 +1,66 @@
+"""A gateway on a real loopback port, started from a config mapping, for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from ..app import create_app
+from ..config import GatewayConfig, parse_config
+from ..gateway import Gateway
+from ..keys import GATEWAY
+
+__all__ = ["GatewayServer"]
+
+
+class GatewayServer:
+    """Runs :func:`first_proxy.app.create_app` as ``first-proxy serve`` would, on 127.0.0.1.
+
+    ``config`` is a gateway.yaml as a mapping (or a parsed :class:`GatewayConfig`). Plugins
+    come from ``plugins`` and, when ``load_entrypoints`` is true, from what is installed.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | GatewayConfig, *,
+                 plugins: Iterable[Any] = (), load_entrypoints: bool = False,
+                 environ: Mapping[str, str] | None = None) -> None:
+        if not isinstance(config, GatewayConfig):
+            config = parse_config(dict(config), source="<test config>", environ=environ)
+        self.config = config
+        self.app = create_app(config, plugins=plugins, load_entrypoints=load_entrypoints)
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.app[GATEWAY]
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL: what ``openai.OpenAI(base_url=...)`` wants."""
+        return f"{self.url}/v1"
+
+    async def start(self) -> GatewayServer:
+        self._runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None,
+            shutdown_timeout=self.config.server.shutdown_grace,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def close(self) -> None:
+        """Stop as on SIGTERM: in-flight requests get the grace period, then all is flushed."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> GatewayServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,176 @@
+"""The values the core and its plugins hand each other."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "Call",
+    "Denial",
+    "Identity",
+    "Status",
+    "Target",
+    "Timeouts",
+    "UpstreamResponse",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling: the answer of an ``authenticate`` hook."""
+
+    user_id: str
+    username: str = ""
+    groups: frozenset[str] = frozenset()
+    idp: str = ""
+    #: Facts a plugin wants to keep about the session (token expiry, policies met, ...).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.username or self.user_id
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why a call is refused: the answer of an ``authorize`` hook that says no."""
+
+    reason: str
+    status: int = 403
+    code: str = "permission_denied"
+    #: Seconds after which retrying may succeed (sent as ``Retry-After`` with 429).
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds allowed to reach a target, to get its first byte, and for the whole call."""
+
+    connect: float = 10.0
+    first_byte: float = 120.0
+    total: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One place a model runs: a row of ``models.<name>.targets`` in gateway.yaml."""
+
+    name: str
+    model: str
+    backend: str
+    #: The model name the upstream knows (``model:`` in gateway.yaml; defaults to ``model``).
+    upstream_model: str
+    url: str | None = None
+    api_key: str | None = None
+    cluster: str = "local"
+    framework: str = ""
+    allowed_groups: frozenset[str] = frozenset()
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = 100
+    #: Ask streaming upstreams for a final usage chunk (hidden from callers who did not ask).
+    stream_usage: bool = True
+    #: Backend-specific settings: every key of the target the core does not know.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """A name unique across the gateway: ``model/target``."""
+        return f"{self.model}/{self.name}"
+
+
+@dataclass(slots=True)
+class Status:
+    """What ``report_status`` says of a target; ``None`` fields are unknown."""
+
+    reachable: bool
+    #: Models served there and their state: ``running``, ``queued``, ``starting``, ``stopped``.
+    models: Mapping[str, str] = field(default_factory=dict)
+    queue_depth: float | None = None
+    running_requests: float | None = None
+    kv_cache_usage: float | None = None
+    last_error: str | None = None
+    checked_at: float = 0.0
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reachable": self.reachable,
+            "models": dict(self.models),
+            "queue_depth": self.queue_depth,
+            "running_requests": self.running_requests,
+            "kv_cache_usage": self.kv_cache_usage,
+            "last_error": self.last_error,
+            "checked_at": self.checked_at,
+            **({"detail": dict(self.detail)} if self.detail else {}),
+        }
+
+
+@dataclass(slots=True)
+class Call:
+    """One inference request on its way to a target.
+
+    ``body`` is the caller's JSON, parsed once; ``raw`` the bytes it came as.
+    """
+
+    endpoint: str
+    model: str
+    body: dict[str, Any]
+    raw: bytes
+    stream: bool
+    identity: Identity
+    request_id: str
+    #: True when the core asked the upstream for a usage chunk the caller did not ask for.
+    usage_injected: bool = False
+
+    def payload(self, target: Target) -> bytes:
+        """The request body for ``target``: its model name, and a usage request when streaming.
+
+        The caller's bytes go out untouched when nothing needs to change.
+        """
+        rename = target.upstream_model != self.model
+        want_usage = self.stream and target.stream_usage and self.endpoint in _USAGE_ENDPOINTS
+        options = self.body.get("stream_options")
+        inject = want_usage and not (isinstance(options, dict) and options.get("include_usage"))
+        self.usage_injected = inject
+        if not rename and not inject:
+            return self.raw
+        body = dict(self.body)
+        if rename:
+            body["model"] = target.upstream_model
+        if inject:
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                      "include_usage": True}
+        return orjson.dumps(body)
+
+
+_USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """What ``dispatch`` returns: a status, headers and either a body or a stream of bytes.
+
+    ``close`` releases the upstream connection; the core always calls it, and calls it early
+    when the caller goes away, which is how an upstream learns to stop generating.
+    """
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    chunks: AsyncIterator[bytes] | None = None
+    close: Callable[[], Awaitable[None] | None] | None = None
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", self.headers.get("content-type", ""))
+
+    async def aclose(self) -> None:
+        if self.close is not None:
+            result = self.close()
+            self.close = None
+            if result is not None:
+                await result

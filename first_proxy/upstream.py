@@ -1,0 +1,63 @@
+"""Forwarding a call to an OpenAI-compatible HTTP server: the helper HTTP backends share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from .errors import UpstreamError
+from .types import Call, Target, UpstreamResponse
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["post_openai"]
+
+
+async def post_openai(
+    gateway: Gateway,
+    target: Target,
+    call: Call,
+    *,
+    url: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> UpstreamResponse:
+    """POST ``call`` to ``{target.url}/{call.endpoint}`` with the target's own key.
+
+    A streamed 200 comes back as ``chunks`` read as they arrive; anything else is read whole.
+    Connection failures raise :class:`UpstreamError`, which makes the core fail over. None of
+    the caller's headers is passed on: the upstream sees the target's key, never the caller's.
+    """
+    base = url or target.url
+    if not base:
+        raise UpstreamError(f"target {target.name!r} has no url")
+    out = {"Content-Type": "application/json", "X-Request-Id": call.request_id}
+    if target.api_key:
+        out["Authorization"] = f"Bearer {target.api_key}"
+    if headers:
+        out.update(headers)
+    try:
+        response = await gateway.session(target).post(
+            f"{base}/{call.endpoint}", data=call.payload(target), headers=out,
+            allow_redirects=False,
+        )
+    except aiohttp.ClientError as e:
+        raise UpstreamError(f"cannot reach target {target.name!r}: {_describe(e)}") from e
+    if call.stream and response.status == 200:
+        return UpstreamResponse(
+            status=200, headers=response.headers, chunks=response.content.iter_any(),
+            close=response.close,
+        )
+    try:
+        body = await response.read()
+    except aiohttp.ClientError as e:
+        raise UpstreamError(f"target {target.name!r} broke off its answer: {_describe(e)}") from e
+    finally:
+        response.release()
+    return UpstreamResponse(status=response.status, headers=response.headers, body=body)
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__

@@ -1,0 +1,61 @@
+"""The checks a request body must pass before it goes anywhere; everything else passes through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .errors import BadRequest
+
+__all__ = ["ENDPOINTS", "parse_request"]
+
+#: Inference endpoints and the field each one cannot do without, with its allowed JSON types.
+ENDPOINTS: dict[str, tuple[str, tuple[type, ...], str]] = {
+    "chat/completions": ("messages", (list,), "a list of messages"),
+    "completions": ("prompt", (str, list), "a string or a list"),
+    "embeddings": ("input", (str, list), "a string or a list"),
+}
+
+
+def parse_request(raw: bytes, endpoint: str) -> dict[str, Any]:
+    """The body as a dict, or a 400 saying what to fix. Unknown fields are left alone."""
+    if not raw.strip():
+        raise BadRequest("The request body is empty: send a JSON object with at least 'model'.",
+                         code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"The request body is not valid JSON ({e}).", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if model is None:
+        raise BadRequest("Missing required parameter 'model'. GET /v1/models lists the models.",
+                         code="missing_required_parameter", param="model")
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequest(f"'model' must be a non-empty string, not {_json_type(model)}.",
+                         code="invalid_type", param="model")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest(f"'stream' must be true or false, not {_json_type(stream)}.",
+                         code="invalid_type", param="stream")
+    field, types, expected = ENDPOINTS[endpoint]
+    value = body.get(field)
+    if value is None:
+        raise BadRequest(f"Missing required parameter {field!r}.",
+                         code="missing_required_parameter", param=field)
+    if not isinstance(value, types) or (isinstance(value, list) and not value):
+        raise BadRequest(f"{field!r} must be {expected} and not empty, not {_json_type(value)}.",
+                         code="invalid_type", param=field)
+    if stream and endpoint == "embeddings":
+        raise BadRequest("Embeddings cannot be streamed: leave out 'stream'.",
+                         code="invalid_value", param="stream")
+    return body
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "an array", str: "a string", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
