@@ -17,8 +17,7 @@ import click
 from . import __version__
 from .config import GatewayConfig, load_config
 from .errors import ConfigError
-from .gateway import check_backends
-from .hooks import Hooks
+from .gateway import check_wiring
 from .plugins import get_plugin_manager, list_plugins
 
 __all__ = ["cli", "main"]
@@ -130,7 +129,7 @@ def check(config_path: Path) -> None:
     """
     config = _load(config_path)
     pm = get_plugin_manager(blocked=config.disabled_plugins)
-    problems = check_backends(config, Hooks(pm, None).backends())  # type: ignore[arg-type]
+    problems = check_wiring(config, pm)
     if problems:
         raise click.ClickException(str(ConfigError(config.source, problems)))
     targets = config.targets()
@@ -141,11 +140,17 @@ def check(config_path: Path) -> None:
 
 
 @cli.command()
+@config_option
 @click.option("--all", "include_builtin", is_flag=True, help="Include the built-in plugins.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def plugins(include_builtin: bool, as_json: bool) -> None:
-    """List the installed plugins: name, version and the hooks each implements."""
-    rows = list_plugins(get_plugin_manager(), include_builtin=include_builtin)
+def plugins(config_path: Path, include_builtin: bool, as_json: bool) -> None:
+    """List the plugins that load: name, version and the hooks each implements.
+
+    Plugins disabled in gateway.yaml (plugins.NAME.enabled: false) are left out when the
+    file exists.
+    """
+    blocked = _load(config_path).disabled_plugins if config_path.exists() else frozenset()
+    rows = list_plugins(get_plugin_manager(blocked=blocked), include_builtin=include_builtin)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

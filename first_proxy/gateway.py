@@ -16,13 +16,13 @@ from aiohttp import web
 
 from .config import GatewayConfig, ModelConfig
 from .errors import ConfigError
-from .hooks import Hooks
+from .hooks import Hooks, registered_backends
 from .metrics import Metrics
 from .requestlog import RequestLog, RequestRecord
 from .store import Store, open_store
 from .types import Status, Target
 
-__all__ = ["Gateway", "check_backends"]
+__all__ = ["Gateway", "check_wiring"]
 
 log = logging.getLogger("first_proxy")
 
@@ -75,7 +75,7 @@ class Gateway:
     # -- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        problems = check_backends(self.config, self.hooks.backends())
+        problems = check_wiring(self.config, self.pm)
         if problems:
             raise ConfigError(self.config.source, problems)
         self.store = await open_store(self.config.store)
@@ -131,11 +131,17 @@ class Gateway:
             await asyncio.sleep(self.config.status.interval)
 
 
-def check_backends(
-    config: GatewayConfig, backends: Mapping[str, Any]
-) -> list[tuple[str, str]]:
-    """Problems with the targets' backends: unknown names and what their validators report."""
+def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[str, str]]:
+    """What gateway.yaml asks of plugins that they cannot give: unknown plugin sections,
+    unknown backends, and what each backend's validator finds wrong with its targets."""
     problems: list[tuple[str, str]] = []
+    names = {pm.get_name(p) for p in pm.get_plugins()}
+    for name in config.plugins:
+        if name not in names and name not in config.disabled_plugins:
+            problems.append((f"plugins.{name}", "no installed plugin has this name (installed: "
+                             f"{', '.join(sorted(n for n in names if n)) or 'none'}); "
+                             "install it, or remove its section"))
+    backends = registered_backends(pm)
     known = ", ".join(sorted(backends)) or "none: install a backend plugin"
     for model in config.models.values():
         for i, target in enumerate(model.targets):

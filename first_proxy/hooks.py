@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .gateway import Gateway
 
-__all__ = ["Hooks", "await_me_maybe"]
+__all__ = ["Hooks", "await_me_maybe", "registered_backends"]
 
 
 async def await_me_maybe(value: Any) -> Any:
@@ -28,6 +28,17 @@ async def await_me_maybe(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+def registered_backends(pm: pluggy.PluginManager) -> dict[str, Callable[..., Any] | None]:
+    """Backend name → its validator (or None), from every ``register_backends``."""
+    found: dict[str, Callable[..., Any] | None] = {}
+
+    def register(name: str, validate: Callable[..., Any] | None = None) -> None:
+        found[name] = validate
+
+    pm.hook.register_backends(register=register)
+    return found
 
 
 class _Caller:
@@ -72,16 +83,6 @@ class Hooks:
         self._select = _Caller(pm, "select_target")
         self._dispatch = _Caller(pm, "dispatch")
         self._report = _Caller(pm, "report_status")
-
-    def backends(self) -> dict[str, Callable[..., Any] | None]:
-        """Backend name → its validator, from every ``register_backends``."""
-        found: dict[str, Callable[..., Any] | None] = {}
-
-        def register(name: str, validate: Callable[..., Any] | None = None) -> None:
-            found[name] = validate
-
-        self.pm.hook.register_backends(register=register)
-        return found
 
     async def startup(self) -> None:
         for result in self.pm.hook.startup(gateway=self.gateway):

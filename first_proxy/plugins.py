@@ -8,7 +8,7 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from . import __version__, hookspecs
 
 __all__ = ["BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "get_plugin_manager", "list_plugins"]
 
@@ -63,6 +63,7 @@ def list_plugins(pm: pluggy.PluginManager, *, include_builtin: bool = False) -> 
         hooks = sorted(
             caller.name for caller in pm.get_hookcallers(plugin) or () if caller.name
         )
-        rows.append({"name": name, "version": versions.get(name), "builtin": builtin,
+        version = __version__ if builtin else versions.get(name)
+        rows.append({"name": name, "version": version, "builtin": builtin,
                      "hooks": hooks})
     return sorted(rows, key=lambda row: (row["builtin"], row["name"]))
