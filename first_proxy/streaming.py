@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -23,6 +24,9 @@ def sse_error(error: ProxyError) -> bytes:
     return b"data: " + error.body() + b"\n\n"
 
 
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+
+
 class UsageTee:
     """Watches SSE bytes on their way to the caller for the ``usage`` object.
 
@@ -41,39 +45,51 @@ class UsageTee:
     def feed(self, chunk: bytes) -> bytes:
         """Bytes of complete events to forward now."""
         data = self._pending + chunk if self._pending else chunk
-        end = data.rfind(b"\n\n")
-        if end < 0:
+        # An event ends with a blank line: "\n\n", or "\r\n\r\n" from some servers.
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        if not end:
             self._pending = data
             return b""
-        ready, self._pending = data[: end + 2], data[end + 2 :]
+        ready, self._pending = data[:end], data[end:]
         if b'"usage"' not in ready:
             return ready
-        return b"".join(self._scan(event) for event in ready.split(b"\n\n") if event) or b""
+        return self._filter(ready)
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream ends."""
         rest, self._pending = self._pending, b""
         if b'"usage"' in rest:
-            return self._scan(rest.rstrip(b"\n"))
+            return self._filter(rest)
         return rest
 
-    def _scan(self, event: bytes) -> bytes:
-        out = event + b"\n\n"
+    def _filter(self, data: bytes) -> bytes:
+        kept = []
+        start = 0
+        for boundary in _BLANK_LINE.finditer(data):
+            event = data[start : boundary.start()]
+            if self._keep(event):
+                kept.append(data[start : boundary.end()])
+            start = boundary.end()
+        if start < len(data) and self._keep(data[start:]):
+            kept.append(data[start:])
+        return b"".join(kept)
+
+    def _keep(self, event: bytes) -> bool:
+        """Read ``usage`` off an event; False for the usage chunk the caller did not ask for."""
         if b'"usage"' not in event:
-            return out
+            return True
         payload = b"".join(
-            line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")
+            line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")
         )
         try:
             message = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return out
+            return True
         if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
-            return out
+            return True
         self.usage = message["usage"]
-        if self.hide_usage_chunk and not message.get("choices"):
-            return b""
-        return out
+        return not (self.hide_usage_chunk and not message.get("choices"))
 
 
 def usage_of(body: bytes) -> dict[str, Any] | None:

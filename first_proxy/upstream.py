@@ -26,7 +26,8 @@ async def post_openai(
 ) -> UpstreamResponse:
     """POST ``call`` to ``{target.url}/{call.endpoint}`` with the target's own key.
 
-    A streamed 200 comes back as ``chunks`` read as they arrive; anything else is read whole.
+    A streamed 200 comes back as ``chunks`` read as they arrive; anything else (an upstream
+    that answers a streaming request with plain JSON included) is read whole.
     Connection failures raise :class:`UpstreamError`, which makes the core fail over. None of
     the caller's headers is passed on: the upstream sees the target's key, never the caller's.
     """
@@ -45,7 +46,7 @@ async def post_openai(
         )
     except aiohttp.ClientError as e:
         raise UpstreamError(f"cannot reach target {target.name!r}: {_describe(e)}") from e
-    if call.stream and response.status == 200:
+    if call.stream and response.status == 200 and response.content_type == "text/event-stream":
         return UpstreamResponse(
             status=200, headers=response.headers, chunks=response.content.iter_any(),
             close=response.close,

@@ -1,0 +1,83 @@
+"""The SSE tee: events pass through whole and in order, usage is read on the way."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from first_proxy.streaming import UsageTee, usage_of
+
+CONTENT = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+def run(tee: UsageTee, stream: bytes, size: int) -> tuple[bytes, list[bytes]]:
+    pieces = [tee.feed(stream[i : i + size]) for i in range(0, len(stream), size)]
+    pieces.append(tee.flush())
+    return b"".join(pieces), [p for p in pieces if p]
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 10_000])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_usage_chunk_is_read_and_hidden_when_injected(size: int, newline: bytes) -> None:
+    stream = (CONTENT * 3 + USAGE + DONE).replace(b"\n", newline)
+    tee = UsageTee(hide_usage_chunk=True)
+    out, _ = run(tee, stream, size)
+    assert out == (CONTENT * 3 + DONE).replace(b"\n", newline)
+    assert tee.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+
+
+@pytest.mark.parametrize("size", [1, 5, 10_000])
+def test_usage_chunk_is_kept_when_the_caller_asked(size: int) -> None:
+    stream = CONTENT + USAGE + DONE
+    tee = UsageTee(hide_usage_chunk=False)
+    out, _ = run(tee, stream, size)
+    assert out == stream
+    assert tee.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+
+
+def test_complete_events_are_passed_on_at_once_and_partial_ones_wait() -> None:
+    tee = UsageTee()
+    assert tee.feed(CONTENT + CONTENT[:10]) == CONTENT
+    assert tee.feed(CONTENT[10:]) == CONTENT
+    assert tee.flush() == b""
+
+
+def test_a_usage_chunk_with_choices_is_never_hidden() -> None:
+    # vLLM's continuous usage stats put usage on every content chunk.
+    event = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":1}}\n\n'
+    tee = UsageTee(hide_usage_chunk=True)
+    assert tee.feed(event) == event
+    assert tee.usage == {"prompt_tokens": 1}
+
+
+@pytest.mark.parametrize("event", [
+    b'data: {"usage": null, "choices": []}\n\n',
+    b'data: {"text": "the word \\"usage\\" in text"}\n\n',
+    b'data: not json but "usage"\n\n',
+    b': a comment with "usage"\n\n',
+])
+def test_events_that_only_mention_usage_pass_untouched(event: bytes) -> None:
+    tee = UsageTee(hide_usage_chunk=True)
+    assert tee.feed(event) == event
+    assert tee.usage is None
+
+
+def test_usage_of_reads_the_usage_object_of_a_large_answer() -> None:
+    body = orjson.dumps({
+        "object": "list",
+        "data": [{"embedding": [0.1] * 20_000, "index": 0}],
+        "usage": {"prompt_tokens": 7, "total_tokens": 7, "details": {"cached": 0}},
+    })
+    assert usage_of(body) == {"prompt_tokens": 7, "total_tokens": 7, "details": {"cached": 0}}
+
+
+@pytest.mark.parametrize("body", [
+    b'{"usage": null, "choices": [{"message": {"content": "{}"}}]}',
+    b'{"choices": []}',
+    b'{"usage": {"prompt_tokens": ',
+    b"",
+])
+def test_usage_of_gives_none_without_a_usage_object(body: bytes) -> None:
+    assert usage_of(body) is None
