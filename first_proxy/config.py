@@ -139,6 +139,8 @@ def parse_config(
                        "clusters", "models"})
     server = r.section(data, "server", ServerConfig, {
         "host": str, "port": int, "max_body_bytes": int, "shutdown_grace": float})
+    if not 0 <= server.port <= 65535:
+        r.problem("server.port", f"expected a port number from 0 to 65535, got {server.port}")
     store = r.get(data, "store", str, "", GatewayConfig.store)
     store = _resolve_store(store, base_dir, r)
     limits = r.section(data, "limits", LimitsConfig, {"requests_per_minute": float})

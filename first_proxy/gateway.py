@@ -81,7 +81,11 @@ class Gateway:
         self.store = await open_store(self.config.store)
         self.request_log = RequestLog(self.store, self.config.request_log, self.metrics)
         self.request_log.start()
-        await self.hooks.startup()
+        try:
+            await self.hooks.startup()
+        except BaseException:  # a plugin refused to start: release what the core opened
+            await self._release()
+            raise
         if self.pm.hook.report_status.get_hookimpls() and self.config.targets():
             self._poller = asyncio.create_task(self._poll_statuses(), name="first-proxy-status")
 
@@ -93,13 +97,16 @@ class Gateway:
         try:
             await self.hooks.shutdown()
         finally:
-            if self.request_log is not None:
-                await self.request_log.aclose()
-            if self.store is not None:
-                await self.store.close()
-            for session in self._sessions.values():
-                await session.close()
-            self._sessions.clear()
+            await self._release()
+
+    async def _release(self) -> None:
+        if self.request_log is not None:
+            await self.request_log.aclose()
+        if self.store is not None:
+            await self.store.close()
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
     def record(self, row: RequestRecord) -> None:
         """Count a finished request and queue its log row; never waits."""
@@ -118,7 +125,8 @@ class Gateway:
             async with asyncio.timeout(self.config.status.timeout):
                 status = await self.hooks.report_status(target)
         except Exception as e:  # a plugin's failure is the target's status, not ours
-            status = Status(reachable=False, last_error=f"{type(e).__name__}: {e}"[:500])
+            status = Status(reachable=False,
+                            last_error=target.redact(f"{type(e).__name__}: {e}")[:500])
         if status is None:
             return
         status.checked_at = time.time()

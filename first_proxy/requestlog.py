@@ -59,6 +59,8 @@ class RequestLog:
         self.metrics = metrics
         self._rows: list[RequestRecord] = []
         self._wake = asyncio.Event()
+        # One flush at a time: two would write the same batch and then delete twice.
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -76,17 +78,18 @@ class RequestLog:
 
     async def flush(self) -> bool:
         """Write everything buffered; False (rows kept) if the store failed."""
-        while self._rows:
-            batch = self._rows[: self.config.batch_size]
-            try:
-                await self.store.insert_requests(batch)
-            except Exception as e:
-                log.warning("request log: store write failed, %d row(s) kept for retry: %s",
-                            len(self._rows), e)
-                self._trim()
-                return False
-            del self._rows[: len(batch)]
-        return True
+        async with self._flushing:
+            while self._rows:
+                batch = self._rows[: self.config.batch_size]
+                try:
+                    await self.store.insert_requests(batch)
+                except Exception as e:
+                    log.warning("request log: store write failed, %d row(s) kept for retry: %s",
+                                len(self._rows), e)
+                    self._trim()
+                    return False
+                del self._rows[: len(batch)]
+            return True
 
     def _trim(self) -> None:
         excess = len(self._rows) - self.config.max_buffer

@@ -33,7 +33,7 @@ from .streaming import SSE_HEADERS, UsageTee, next_chunk, sse_error, usage_of
 from .types import Call, Denial, Identity, Target, UpstreamResponse
 from .validation import parse_request
 
-__all__ = ["authenticate", "denial_error", "proxy"]
+__all__ = ["authenticate", "denial_error", "proxy", "shown"]
 
 
 async def authenticate(request: web.Request, gateway: Gateway) -> Identity:
@@ -41,13 +41,22 @@ async def authenticate(request: web.Request, gateway: Gateway) -> Identity:
     identity = await gateway.hooks.authenticate(request)
     if identity is not None:
         return identity
-    if "Authorization" not in request.headers:
+    header = request.headers.get("Authorization")
+    if header is None:
         raise AuthenticationError(
             "No credentials were sent. Send your key or access token as "
             "'Authorization: Bearer <token>'.", code="missing_credentials")
+    if header.partition(" ")[0].lower() != "bearer":
+        raise AuthenticationError(
+            "The Authorization header must read 'Bearer <token>'.", code="invalid_authorization")
     raise AuthenticationError(
         "The key or access token was not accepted: it is unknown, expired or revoked. "
         "Check it, or get a new one from your gateway administrator.")
+
+
+def shown(name: str) -> str:
+    """A caller-given name, quoted and cut short, for error messages."""
+    return repr(name if len(name) <= 80 else name[:80] + "...")
 
 
 def denial_error(denial: Denial) -> ProxyError:
@@ -96,7 +105,7 @@ async def _proxy(request: web.Request, gateway: Gateway, endpoint: str, row: Req
     model = gateway.model(name)
     if model is None:
         raise NotFound(
-            f"The model {name!r} does not exist. GET /v1/models lists the models you may use.",
+            f"The model {shown(name)} does not exist. GET /v1/models lists the models you may use.",
             code="model_not_found", param="model")
     row.model = name
     denial = await gateway.hooks.authorize(identity, name, None)
@@ -162,7 +171,7 @@ async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: 
                 if upstream.status == 429 or upstream.status >= 500:
                     failures.append(_Failure(
                         target, "busy" if upstream.status == 429 else "status",
-                        f"HTTP {upstream.status}: {_upstream_message(upstream.body)}"))
+                        f"HTTP {upstream.status}: {target.redact(_upstream_message(upstream.body))}"))
                     await upstream.aclose()
                     gateway.metrics.upstream_error(call.model, target.name, failures[-1].kind)
                     continue
@@ -190,7 +199,7 @@ def _failure(target: Target, error: BaseException) -> _Failure:
     if isinstance(error, StopAsyncIteration):
         return _Failure(target, "empty", "the stream ended before its first event")
     message = error.message if isinstance(error, ProxyError) else (str(error) or type(error).__name__)
-    return _Failure(target, "connect", message)
+    return _Failure(target, "connect", target.redact(message))
 
 
 def _exhausted(model: str, failures: list[_Failure]) -> ProxyError:

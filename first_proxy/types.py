@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -80,6 +81,14 @@ class Target:
     def key(self) -> str:
         """A name unique across the gateway: ``model/target``."""
         return f"{self.model}/{self.name}"
+
+    def redact(self, text: str) -> str:
+        """``text`` without this target's key, URL or host, fit to show callers."""
+        host = urlsplit(self.url).hostname if self.url else None
+        for secret, shown in ((self.api_key, "<api_key>"), (self.url, "<url>"), (host, "<host>")):
+            if secret:
+                text = text.replace(secret, shown)
+        return text
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from ..config import ModelConfig
 from ..errors import NotFound
 from ..gateway import Gateway
 from ..keys import GATEWAY
-from ..routing import authenticate
+from ..routing import authenticate, shown
 from ..types import Identity
 
 __all__ = ["get_model", "list_models"]
@@ -44,6 +44,6 @@ async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     model = gateway.model(name)
     if model is None or not await _usable(gateway, identity, model):
-        raise NotFound(f"The model {name!r} does not exist. GET /v1/models lists the models "
+        raise NotFound(f"The model {shown(name)} does not exist. GET /v1/models lists the models "
                        "you may use.", code="model_not_found", param="model")
     return web.json_response(_model_object(gateway, model))

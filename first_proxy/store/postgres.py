@@ -44,12 +44,17 @@ class PostgresStore:
             await self._pool.close()
             self._pool = None
 
+    def _require(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
     async def insert_requests(self, rows: Sequence[RequestRecord]) -> None:
-        async with self._pool.acquire() as conn:
+        async with self._require().acquire() as conn:
             await conn.executemany(_INSERT, [tuple(getattr(r, c) for c in COLUMNS) for r in rows])
 
     async def recent_requests(self, limit: int = 50) -> list[dict[str, Any]]:
-        async with self._pool.acquire() as conn:
+        async with self._require().acquire() as conn:
             rows = await conn.fetch(
                 f"SELECT {COLUMN_LIST} FROM requests ORDER BY ts DESC, id DESC LIMIT $1", limit)
         return [dict(row) for row in rows]

@@ -14,6 +14,7 @@ import pytest
 from .backend import ReferenceBackend
 from .gateway import GatewayServer
 from .upstream import ReceivedRequest, ReferenceUpstream
+from .waiting import eventually
 
 __all__ = [
     "TEST_KEY",
@@ -22,6 +23,7 @@ __all__ = [
     "ReferenceBackend",
     "ReferenceUpstream",
     "api_keys",
+    "eventually",
     "make_gateway",
     "reference_upstream",
 ]

@@ -11,6 +11,7 @@ from ..app import create_app
 from ..config import GatewayConfig, parse_config
 from ..gateway import Gateway
 from ..keys import GATEWAY
+from .waiting import eventually
 
 __all__ = ["GatewayServer"]
 
@@ -40,6 +41,21 @@ class GatewayServer:
     def base_url(self) -> str:
         """The OpenAI base URL: what ``openai.OpenAI(base_url=...)`` wants."""
         return f"{self.url}/v1"
+
+    async def logged(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The request log, newest first, after writing out what is buffered."""
+        gateway = self.gateway
+        assert gateway.request_log is not None and gateway.store is not None
+        await gateway.request_log.flush()
+        return await gateway.store.recent_requests(limit)
+
+    async def log_row(self, request_id: str, *, within: float = 10.0) -> dict[str, Any]:
+        """The request-log row of ``request_id``, once the request has finished."""
+
+        async def row() -> dict[str, Any] | None:
+            return next((r for r in await self.logged() if r["request_id"] == request_id), None)
+
+        return await eventually(row, within=within)
 
     async def start(self) -> GatewayServer:
         self._runner = web.AppRunner(

@@ -1,0 +1,483 @@
+"""Every error the gateway gives, over real HTTP: its status and OpenAI's exact error shape."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from first_proxy import Call, Target, hookimpl
+from first_proxy.testing import (
+    TEST_KEY,
+    GatewayServer,
+    ReferenceBackend,
+    ReferenceUpstream,
+    api_keys,
+)
+
+MakeGateway = Callable[..., Awaitable[GatewayServer]]
+MODEL = "reference-model"
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+ADMIN_KEY = "sk-admin-0123456789"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}]}
+
+#: The OpenAI ``type`` each status comes with.
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "invalid_request_error", 405: "invalid_request_error",
+         413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+         503: "service_unavailable"}
+
+
+ANY = object()
+
+
+async def expect_error(response: aiohttp.ClientResponse, status: int, code: str | None = None,
+                       param: object = None) -> dict[str, Any]:
+    """Check status, content type, request id and the exact error shape; the error object."""
+    text = await response.text()
+    assert response.status == status, text
+    assert response.content_type == "application/json"
+    assert response.headers.get("X-Request-Id")
+    body = orjson.loads(text)
+    assert list(body) == ["error"]
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"].strip()
+    assert error["type"] == TYPES[status]
+    if param is ANY:
+        assert error["param"] is None or isinstance(error["param"], str)
+    else:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    else:
+        assert isinstance(error["code"], str) and error["code"]
+    return error
+
+
+def reference_target(upstream: ReferenceUpstream, name: str = "a", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "backend": "reference", "url": upstream.url, **extra}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def server(make_gateway: MakeGateway, reference_upstream: ReferenceUpstream) -> GatewayServer:
+    """A gateway serving ``reference-model`` from the reference upstream."""
+    return await make_gateway({"models": {MODEL: {"targets": [reference_target(reference_upstream)]}}},
+                              plugins=[ReferenceBackend()])
+
+
+async def post(http: aiohttp.ClientSession, server: GatewayServer, endpoint: str, data: Any,
+               headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+    """POST ``data`` (bytes as they are, anything else as JSON) with the test key."""
+    raw = data if isinstance(data, bytes) else orjson.dumps(data)
+    response = await http.post(f"{server.base_url}/{endpoint}", data=raw,
+                               headers={**AUTH, "Content-Type": "application/json", **(headers or {})})
+    await response.read()
+    return response
+
+
+# -- 400: the request body ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("endpoint", "body", "code", "param"), [
+    ("chat/completions", b"", "invalid_json", None),
+    ("chat/completions", b"  \n ", "invalid_json", None),
+    ("chat/completions", b'{"model": "reference-model", "messages": [', "invalid_json", None),
+    ("chat/completions", b'[{"model": "reference-model"}]', "invalid_json", None),
+    ("chat/completions", {"messages": CHAT["messages"]}, "missing_required_parameter", "model"),
+    ("chat/completions", {**CHAT, "model": 7}, "invalid_type", "model"),
+    ("chat/completions", {**CHAT, "model": ""}, "invalid_type", "model"),
+    ("chat/completions", {**CHAT, "model": "   "}, "invalid_type", "model"),
+    ("chat/completions", {**CHAT, "stream": "true"}, "invalid_type", "stream"),
+    ("chat/completions", {**CHAT, "stream": 1}, "invalid_type", "stream"),
+    ("chat/completions", {"model": MODEL}, "missing_required_parameter", "messages"),
+    ("chat/completions", {"model": MODEL, "messages": "hi"}, "invalid_type", "messages"),
+    ("chat/completions", {"model": MODEL, "messages": []}, "invalid_type", "messages"),
+    ("completions", {"model": MODEL}, "missing_required_parameter", "prompt"),
+    ("completions", {"model": MODEL, "prompt": 42}, "invalid_type", "prompt"),
+    ("embeddings", {"model": MODEL}, "missing_required_parameter", "input"),
+    ("embeddings", {"model": MODEL, "input": {"text": "x"}}, "invalid_type", "input"),
+    ("embeddings", {"model": MODEL, "input": "x", "stream": True}, "invalid_value", "stream"),
+])
+async def test_bad_bodies_get_400(http: aiohttp.ClientSession, server: GatewayServer,
+                                  reference_upstream: ReferenceUpstream, endpoint: str, body: Any,
+                                  code: str, param: str | None) -> None:
+    response = await post(http, server, endpoint, body)
+    await expect_error(response, 400, code, param)
+    assert reference_upstream.received == []
+
+
+async def test_a_400_names_what_to_fix(http: aiohttp.ClientSession, server: GatewayServer) -> None:
+    error = await expect_error(await post(http, server, "chat/completions", {"model": MODEL}), 400,
+                               "missing_required_parameter", "messages")
+    assert "'messages'" in error["message"]
+
+
+# -- 401: who is calling --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("headers", "code"), [
+    ({}, "missing_credentials"),
+    ({"Authorization": "Bearer sk-not-a-known-key"}, "invalid_api_key"),
+    ({"Authorization": f"Basic {TEST_KEY}"}, "invalid_authorization"),
+    ({"Authorization": TEST_KEY}, "invalid_authorization"),
+    ({"Authorization": "Bearer"}, "invalid_api_key"),
+    ({"Authorization": "Bearer   "}, "invalid_api_key"),
+    ({"Authorization": f"Bearer {TEST_KEY}x"}, "invalid_api_key"),
+])
+async def test_unknown_or_missing_credentials_get_401(http: aiohttp.ClientSession,
+                                                      server: GatewayServer,
+                                                      reference_upstream: ReferenceUpstream,
+                                                      headers: dict[str, str], code: str) -> None:
+    for method, path, body in [("POST", "/chat/completions", CHAT), ("GET", "/models", None),
+                               ("GET", f"/models/{MODEL}", None)]:
+        async with http.request(method, server.base_url + path, json=body,
+                                headers=headers) as response:
+            error = await expect_error(response, 401, code)
+        if "Authorization" in headers:
+            assert headers["Authorization"] not in error["message"]
+    assert reference_upstream.received == []
+
+
+async def test_the_bearer_scheme_is_case_insensitive(http: aiohttp.ClientSession,
+                                                     server: GatewayServer) -> None:
+    async with http.post(f"{server.base_url}/chat/completions", json=CHAT,
+                         headers={"Authorization": f"bearer {TEST_KEY}"}) as response:
+        assert response.status == 200
+
+
+async def test_authentication_comes_before_reading_the_body(http: aiohttp.ClientSession,
+                                                            server: GatewayServer) -> None:
+    async with http.post(f"{server.base_url}/chat/completions", data=b"not json") as response:
+        await expect_error(response, 401, "missing_credentials")
+
+
+# -- 403: allowed_groups --------------------------------------------------------------------
+
+
+async def test_model_allowed_groups_refuse_outsiders(http: aiohttp.ClientSession,
+                                                     make_gateway: MakeGateway,
+                                                     reference_upstream: ReferenceUpstream) -> None:
+    server = await make_gateway({
+        "auth": api_keys({"name": "admin", "key": ADMIN_KEY, "groups": ["admins"]}),
+        "models": {MODEL: {"allowed_groups": ["admins"],
+                           "targets": [reference_target(reference_upstream)]}},
+    }, plugins=[ReferenceBackend()])
+    error = await expect_error(await post(http, server, "chat/completions", CHAT), 403,
+                               "group_not_allowed")
+    assert "admins" in error["message"]
+    assert reference_upstream.received == []
+    allowed = await post(http, server, "chat/completions", CHAT,
+                         {"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert allowed.status == 200
+
+
+async def test_target_allowed_groups_pick_the_target_the_caller_may_use(
+        http: aiohttp.ClientSession, make_gateway: MakeGateway,
+        reference_upstream: ReferenceUpstream) -> None:
+    server = await make_gateway({
+        "auth": api_keys({"name": "admin", "key": ADMIN_KEY, "groups": ["admins"]}),
+        "models": {MODEL: {"targets": [
+            reference_target(reference_upstream, "private", allowed_groups=["admins"]),
+            reference_target(reference_upstream, "public"),
+        ]}},
+    }, plugins=[ReferenceBackend()])
+    tester = await post(http, server, "chat/completions", CHAT)
+    assert tester.status == 200
+    assert tester.headers["X-First-Target"] == "public"
+    admin = await post(http, server, "chat/completions", CHAT,
+                       {"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert admin.status == 200
+    assert admin.headers["X-First-Target"] == "private"
+
+
+async def test_every_target_restricted_is_403(http: aiohttp.ClientSession,
+                                              make_gateway: MakeGateway,
+                                              reference_upstream: ReferenceUpstream) -> None:
+    server = await make_gateway({"models": {MODEL: {"targets": [
+        reference_target(reference_upstream, "one", allowed_groups=["admins"]),
+        reference_target(reference_upstream, "two", allowed_groups=["physics"]),
+    ]}}}, plugins=[ReferenceBackend()])
+    error = await expect_error(await post(http, server, "chat/completions", CHAT), 403,
+                               "group_not_allowed")
+    assert "'one'" in error["message"]
+    assert reference_upstream.received == []
+
+
+# -- 404, 405, 413 ------------------------------------------------------------------------
+
+
+async def test_an_unknown_model_is_404(http: aiohttp.ClientSession, server: GatewayServer) -> None:
+    for endpoint, body in [("chat/completions", {**CHAT, "model": "gpt-7"}),
+                           ("completions", {"model": "gpt-7", "prompt": "x"}),
+                           ("embeddings", {"model": "gpt-7", "input": "x"})]:
+        error = await expect_error(await post(http, server, endpoint, body), 404,
+                                   "model_not_found", "model")
+        assert "'gpt-7'" in error["message"]
+    async with http.get(f"{server.base_url}/models/gpt-7", headers=AUTH) as response:
+        await expect_error(response, 404, "model_not_found", "model")
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/nothing"), ("POST", "/v2/chat/completions"), ("GET", "/"),
+    ("POST", "/v1/chat/completion"), ("GET", "/resource_server/v1/nothing"),
+])
+async def test_an_unknown_route_is_404(http: aiohttp.ClientSession, server: GatewayServer,
+                                       method: str, path: str) -> None:
+    async with http.request(method, server.url + path, headers=AUTH) as response:
+        error = await expect_error(response, 404, "unknown_route")
+    assert path in error["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("GET", "/v1/chat/completions", "POST"),
+    ("PUT", "/v1/embeddings", "POST"),
+    ("DELETE", "/v1/models", "GET"),
+    ("POST", "/health", "GET"),
+])
+async def test_a_wrong_method_is_405(http: aiohttp.ClientSession, server: GatewayServer,
+                                     method: str, path: str, allowed: str) -> None:
+    async with http.request(method, server.url + path, headers=AUTH) as response:
+        await expect_error(response, 405, "method_not_allowed")
+        assert allowed in response.headers["Allow"]
+
+
+async def test_a_body_over_max_body_bytes_is_413(http: aiohttp.ClientSession,
+                                                 make_gateway: MakeGateway,
+                                                 reference_upstream: ReferenceUpstream) -> None:
+    server = await make_gateway({"server": {"max_body_bytes": 2048},
+                                 "models": {MODEL: {"targets": [reference_target(reference_upstream)]}}},
+                                plugins=[ReferenceBackend()])
+    small = {**CHAT, "messages": [{"role": "user", "content": "x" * 1500}]}
+    assert (await post(http, server, "chat/completions", small)).status == 200
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
+    error = await expect_error(await post(http, server, "chat/completions", big), 413,
+                               "request_too_large")
+    assert "2048" in error["message"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b" " * 1024
+    async with http.post(f"{server.base_url}/completions", data=chunks(), headers=AUTH) as response:
+        await expect_error(response, 413, "request_too_large")
+    assert len(reference_upstream.received) == 1
+    assert (await post(http, server, "chat/completions", small)).status == 200
+
+
+# -- 429 ---------------------------------------------------------------------------------
+
+
+async def test_the_gateway_rate_limit_is_429_with_retry_after(
+        http: aiohttp.ClientSession, make_gateway: MakeGateway,
+        reference_upstream: ReferenceUpstream) -> None:
+    server = await make_gateway({
+        "limits": {"requests_per_minute": 2},
+        "auth": api_keys({"name": "admin", "key": ADMIN_KEY, "groups": ["admins"]}),
+        "models": {MODEL: {"targets": [reference_target(reference_upstream)]}},
+    }, plugins=[ReferenceBackend()])
+    statuses = [(await post(http, server, "chat/completions", CHAT)).status for _ in range(2)]
+    assert statuses == [200, 200]
+    limited = await post(http, server, "chat/completions", CHAT)
+    error = await expect_error(limited, 429, "rate_limit_exceeded")
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert "2 requests per minute" in error["message"]
+    assert len(reference_upstream.received) == 2
+    # The limit is per caller: another key still has its own allowance.
+    other = await post(http, server, "chat/completions", CHAT, {"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert other.status == 200
+
+
+async def test_a_keys_own_rate_limit_is_429_with_retry_after(
+        http: aiohttp.ClientSession, make_gateway: MakeGateway,
+        reference_upstream: ReferenceUpstream) -> None:
+    server = await make_gateway({
+        "limits": {"requests_per_minute": 1000},
+        "auth": api_keys({"name": "batch", "key": ADMIN_KEY, "requests_per_minute": 1}),
+        "models": {MODEL: {"targets": [reference_target(reference_upstream)]}},
+    }, plugins=[ReferenceBackend()])
+    batch = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert (await post(http, server, "chat/completions", CHAT, batch)).status == 200
+    limited = await post(http, server, "chat/completions", CHAT, batch)
+    await expect_error(limited, 429, "rate_limit_exceeded")
+    assert int(limited.headers["Retry-After"]) >= 1
+    for _ in range(3):
+        assert (await post(http, server, "chat/completions", CHAT)).status == 200
+
+
+async def test_listing_models_does_not_count_against_the_limit(
+        http: aiohttp.ClientSession, make_gateway: MakeGateway,
+        reference_upstream: ReferenceUpstream) -> None:
+    server = await make_gateway({"limits": {"requests_per_minute": 1},
+                                 "models": {MODEL: {"targets": [reference_target(reference_upstream)]}}},
+                                plugins=[ReferenceBackend()])
+    for _ in range(3):
+        async with http.get(f"{server.base_url}/models", headers=AUTH) as response:
+            assert response.status == 200
+    assert (await post(http, server, "chat/completions", CHAT)).status == 200
+
+
+# -- 500 and 503: plugins that fail ----------------------------------------------------------
+
+SECRET_TEXT = "plugin internals: s3cr3t-detail"
+
+
+class ExplodingPlugin:
+    """Raises an unexpected exception from ``hook`` when a request carries X-Explode."""
+
+    def __init__(self, hook: str) -> None:
+        self.hook = hook
+
+    def _maybe_raise(self, hook: str, explode: bool) -> None:
+        if hook == self.hook and explode:
+            raise RuntimeError(SECRET_TEXT)
+
+    @hookimpl(tryfirst=True)
+    def authenticate(self, request: web.Request) -> None:
+        self._maybe_raise("authenticate", "X-Explode" in request.headers)
+
+    @hookimpl(tryfirst=True)
+    async def dispatch(self, target: Target, call: Call) -> None:
+        self._maybe_raise("dispatch", call.body.get("explode") is True)
+
+
+@pytest.mark.parametrize("hook", ["authenticate", "dispatch"])
+async def test_a_plugin_exception_is_a_clean_500(http: aiohttp.ClientSession,
+                                                 make_gateway: MakeGateway,
+                                                 reference_upstream: ReferenceUpstream,
+                                                 caplog: pytest.LogCaptureFixture,
+                                                 hook: str) -> None:
+    server = await make_gateway({"models": {MODEL: {"targets": [reference_target(reference_upstream)]}}},
+                                plugins=[ReferenceBackend(), ExplodingPlugin(hook)])
+    caplog.set_level(logging.ERROR, logger="first_proxy")
+    response = await post(http, server, "chat/completions", {**CHAT, "explode": True},
+                          {"X-Explode": "1"})
+    error = await expect_error(response, 500, "internal_error")
+    text = await response.text()
+    assert SECRET_TEXT not in text
+    assert "Traceback" not in text and "RuntimeError" not in text and ".py" not in text
+    request_id = response.headers["X-Request-Id"]
+    assert request_id in error["message"]
+    # The operator gets the whole story in the log, under the same request id.
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert request_id in record.getMessage()
+    assert SECRET_TEXT in caplog.text
+    # ... and the gateway goes on serving.
+    assert (await post(http, server, "chat/completions", CHAT)).status == 200
+    assert reference_upstream.received[-1].body == CHAT
+    assert server.gateway.request_log is not None
+    await server.gateway.request_log.flush()
+    assert server.gateway.store is not None
+    rows = await server.gateway.store.recent_requests(2)
+    assert [(r["status"], r["error"]) for r in rows] == [(200, None), (500, "internal_error")]
+
+
+class NoTargets:
+    @hookimpl(tryfirst=True)
+    def select_target(self, candidates: Sequence[Target]) -> list[Target]:
+        return []
+
+
+async def test_select_target_ruling_out_every_target_is_503(
+        http: aiohttp.ClientSession, make_gateway: MakeGateway,
+        reference_upstream: ReferenceUpstream) -> None:
+    server = await make_gateway({"models": {MODEL: {"targets": [reference_target(reference_upstream)]}}},
+                                plugins=[ReferenceBackend(), NoTargets()])
+    error = await expect_error(await post(http, server, "chat/completions", CHAT), 503,
+                               "no_target_available")
+    assert "/status" in error["message"]
+    assert reference_upstream.received == []
+
+
+# -- request ids ----------------------------------------------------------------------------
+
+
+async def test_a_safe_request_id_is_kept_and_an_unsafe_one_replaced(
+        http: aiohttp.ClientSession, server: GatewayServer) -> None:
+    kept = await post(http, server, "chat/completions", {"model": MODEL},
+                      {"X-Request-Id": "job-42.step_7"})
+    await expect_error(kept, 400, param="messages")
+    assert kept.headers["X-Request-Id"] == "job-42.step_7"
+    for unsafe in ["has spaces", "x" * 65, "semi;colon", "<script>"]:
+        replaced = await post(http, server, "chat/completions", {"model": MODEL},
+                              {"X-Request-Id": unsafe})
+        await expect_error(replaced, 400, param="messages")
+        assert replaced.headers["X-Request-Id"] != unsafe
+        assert len(replaced.headers["X-Request-Id"]) == 32
+
+
+# -- a sweep of garbage ---------------------------------------------------------------------
+
+_DEEP = 100_000
+GARBAGE: list[tuple[str, bytes]] = [
+    ("chat/completions", b"\xff\xfe\xfd\x00"),
+    ("chat/completions", b'{"model": "reference-model\xff", "messages": [{"role": "user"}]}'),
+    ("chat/completions", b"\xef\xbb\xbf" + orjson.dumps(CHAT)),
+    ("chat/completions", b"\x00" * 64),
+    ("chat/completions", b"[" * _DEEP + b"]" * _DEEP),
+    ("chat/completions", b'{"a":' * _DEEP + b"1" + b"}" * _DEEP),
+    ("chat/completions", b'{"model": ' + b"[" * 5000 + b"]" * 5000 + b', "messages": [1]}'),
+    ("chat/completions", b"42"),
+    ("chat/completions", b"-1.5e308"),
+    ("chat/completions", b"1e999999"),
+    ("chat/completions", b"null"),
+    ("chat/completions", b"true"),
+    ("chat/completions", b'"reference-model"'),
+    ("chat/completions", b"[]"),
+    ("chat/completions", b"{"),
+    ("chat/completions", b'{"model": "reference-model",}'),
+    ("chat/completions", b"{'model': 'reference-model'}"),
+    ("chat/completions", b'{"model": NaN, "messages": []}'),
+    ("chat/completions", b'{"model": "\\ud800", "messages": [{"role": "user"}]}'),
+    ("chat/completions", orjson.dumps(CHAT) + b" trailing"),
+    ("chat/completions", orjson.dumps(CHAT) * 2),
+    ("chat/completions", orjson.dumps({**CHAT, "model": None})),
+    ("chat/completions", orjson.dumps({**CHAT, "model": ["reference-model"]})),
+    ("chat/completions", orjson.dumps({**CHAT, "model": {"id": "reference-model"}})),
+    ("chat/completions", orjson.dumps({**CHAT, "model": True})),
+    ("chat/completions", orjson.dumps({**CHAT, "model": 1e308})),
+    ("chat/completions", orjson.dumps({**CHAT, "model": "x" * 100_000})),
+    ("chat/completions", orjson.dumps({**CHAT, "model": "\x00"})),
+    ("chat/completions", orjson.dumps({**CHAT, "messages": {"role": "user"}})),
+    ("chat/completions", orjson.dumps({**CHAT, "messages": None})),
+    ("chat/completions", orjson.dumps({**CHAT, "stream": None, "messages": 0})),
+    ("chat/completions", orjson.dumps({**CHAT, "stream": [True]})),
+    ("chat/completions", orjson.dumps({**CHAT, "stream": "false"})),
+    ("completions", orjson.dumps({"model": MODEL, "prompt": None})),
+    ("completions", orjson.dumps({"model": MODEL, "prompt": []})),
+    ("completions", orjson.dumps({"model": MODEL, "prompt": {"text": "x"}})),
+    ("embeddings", orjson.dumps({"model": MODEL, "input": 3.5})),
+    ("embeddings", orjson.dumps({"model": MODEL, "input": "x", "stream": True})),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "raw"), GARBAGE, ids=[f"{i:02d}" for i in range(len(GARBAGE))])
+async def test_garbage_never_gets_a_5xx(http: aiohttp.ClientSession, server: GatewayServer,
+                                       reference_upstream: ReferenceUpstream, endpoint: str,
+                                       raw: bytes) -> None:
+    response = await post(http, server, endpoint, raw)
+    assert 400 <= response.status < 500
+    await expect_error(response, response.status, param=ANY)
+    assert reference_upstream.received == []
+    # The next request is served as usual.
+    assert (await post(http, server, "chat/completions", CHAT)).status == 200
+
+
+async def test_fields_the_gateway_does_not_need_pass_through_untouched(
+        http: aiohttp.ClientSession, server: GatewayServer,
+        reference_upstream: ReferenceUpstream) -> None:
+    body = {**CHAT, "temperature": "hot", "max_tokens": None, "x-site": {"deep": [[None]]},
+            "ünïcode": "☃"}
+    response = await post(http, server, "chat/completions", body)
+    assert response.status == 200
+    assert reference_upstream.received[-1].body == body

@@ -1,0 +1,124 @@
+"""The stores: migrations, request rows in and out, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from first_proxy.requestlog import COLUMNS, RequestRecord
+from first_proxy.store import open_store
+from first_proxy.store.postgres import PostgresStore
+from first_proxy.store.schema import MIGRATIONS
+from first_proxy.store.sqlite import SQLiteStore
+
+
+async def schema_versions(url: str) -> list[int]:
+    """The schema versions the store at ``url`` has recorded."""
+    if url.startswith("sqlite:///"):
+        import aiosqlite
+
+        async with aiosqlite.connect(url.removeprefix("sqlite:///")) as db:
+            row = await (await db.execute("PRAGMA user_version")).fetchone()
+            return list(range(1, row[0] + 1))
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return [r[0] for r in await conn.fetch(
+            "SELECT version FROM first_proxy_schema ORDER BY version")]
+    finally:
+        await conn.close()
+
+
+def full_row(i: int, ts: float) -> RequestRecord:
+    """A row with every field set to something other than its default."""
+    return RequestRecord(
+        ts=ts, request_id=f"req-{i}", endpoint="chat/completions", user=f"key:user{i}",
+        model="m-1", target="t-1", status=200, latency_ms=12.5 + i, ttft_ms=3.25,
+        prompt_tokens=11, completion_tokens=7 + i, stream=True, attempts=2,
+        error="upstream_error", prompt='{"model": "m-1"}',
+    )
+
+
+async def test_open_twice_migrates_once(store_url: str) -> None:
+    store = await open_store(store_url)
+    await store.insert_requests([full_row(1, time.time())])
+    await store.close()
+
+    again = await open_store(store_url)
+    try:
+        rows = await again.recent_requests()
+    finally:
+        await again.close()
+    assert [r["request_id"] for r in rows] == ["req-1"]
+    assert await schema_versions(store_url) == list(range(1, len(MIGRATIONS) + 1))
+
+
+async def test_rows_round_trip_with_every_field(store_url: str) -> None:
+    now = time.time()
+    written = [
+        full_row(1, now),
+        RequestRecord(ts=now - 1, request_id="bare", endpoint="embeddings", status=401),
+    ]
+    store = await open_store(store_url)
+    try:
+        await store.insert_requests(written)
+        rows = await store.recent_requests()
+    finally:
+        await store.close()
+    assert rows == [written[0].as_dict(), written[1].as_dict()]
+    assert set(rows[0]) == set(COLUMNS)
+    assert rows[0]["stream"] is True
+    assert rows[1]["stream"] is False
+    assert rows[1]["user"] is None and rows[1]["ttft_ms"] is None
+
+
+async def test_newest_first_and_limit(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        # Out of order, across batches; rows 5 and 6 share a timestamp.
+        await store.insert_requests([full_row(i, 1000.0 + i) for i in (3, 1, 4)])
+        await store.insert_requests([full_row(i, 1000.0 + i) for i in (0, 2)])
+        await store.insert_requests([full_row(5, 1010.0), full_row(6, 1010.0)])
+        newest = await store.recent_requests(limit=3)
+        everything = await store.recent_requests(limit=100)
+    finally:
+        await store.close()
+    assert [r["request_id"] for r in newest] == ["req-6", "req-5", "req-4"]
+    assert [r["request_id"] for r in everything] == [f"req-{i}" for i in (6, 5, 4, 3, 2, 1, 0)]
+
+
+async def test_sqlite_store_creates_its_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "deeper" / "still" / "log.db"
+    store = await open_store(f"sqlite:///{path}")
+    await store.close()
+    assert isinstance(store, SQLiteStore)
+    assert path.exists()
+
+
+async def test_closed_store_refuses_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = await open_store(f"sqlite:///{tmp_path}/log.db")
+    await store.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.insert_requests([full_row(1, time.time())])
+
+
+async def test_unknown_store_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        await open_store("mysql://somewhere/db")
+
+
+async def test_postgres_instances_opening_together_migrate_once(postgres_url: str) -> None:
+    stores = [PostgresStore(postgres_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        for i, store in enumerate(stores):
+            await store.insert_requests([full_row(i, 2000.0 + i)])
+        rows = await stores[0].recent_requests()
+    finally:
+        for store in stores:
+            await store.close()
+    assert [r["request_id"] for r in rows] == ["req-2", "req-1", "req-0"]
+    assert await schema_versions(postgres_url) == list(range(1, len(MIGRATIONS) + 1))
