@@ -85,12 +85,11 @@ class Hooks:
         self._report = _Caller(pm, "report_status")
 
     async def startup(self) -> None:
-        for result in self.pm.hook.startup(gateway=self.gateway):
-            await await_me_maybe(result)
+        # One plugin after another: each is started (awaited) before the next is called.
+        await _Caller(self.pm, "startup").all(gateway=self.gateway)
 
     async def shutdown(self) -> None:
-        for result in self.pm.hook.shutdown(gateway=self.gateway):
-            await await_me_maybe(result)
+        await _Caller(self.pm, "shutdown").all(gateway=self.gateway)
 
     async def authenticate(self, request: web.Request) -> Identity | None:
         return await self._authenticate.first(request=request, gateway=self.gateway)
