@@ -3,6 +3,7 @@
 What a plugin imports lives here: ``hookimpl`` and the values hooks exchange.
 """
 
+from .config import GatewayConfig
 from .errors import AuthenticationError, ProxyError, UpstreamError
 from .gateway import Gateway
 from .hookspecs import hookimpl
@@ -16,6 +17,7 @@ __all__ = [
     "Call",
     "Denial",
     "Gateway",
+    "GatewayConfig",
     "Identity",
     "ProxyError",
     "Status",

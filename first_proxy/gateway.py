@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 import weakref
@@ -141,7 +142,8 @@ class Gateway:
 
 def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[str, str]]:
     """What gateway.yaml asks of plugins that they cannot give: unknown plugin sections,
-    unknown backends, and what each backend's validator finds wrong with its targets."""
+    unknown backends, what each backend's validator finds wrong with its targets, and what
+    each plugin's ``check_config`` finds wrong with its settings."""
     problems: list[tuple[str, str]] = []
     names = {pm.get_name(p) for p in pm.get_plugins()}
     for name in config.plugins:
@@ -162,4 +164,14 @@ def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[
             validate = backends[target.backend]
             if validate is not None:
                 problems.extend(validate(target, path) or ())
+    disabled = [p for p in pm.get_plugins() if pm.get_name(p) in config.disabled_plugins]
+    check_config = pm.subset_hook_caller("check_config", remove_plugins=disabled)
+    for found in check_config(config=config):
+        if inspect.isawaitable(found):  # a coroutine would never run: say so
+            getattr(found, "close", lambda: None)()
+            culprits = [i.plugin_name for i in check_config.get_hookimpls()
+                        if inspect.iscoroutinefunction(i.function)]
+            raise TypeError(f"check_config must be synchronous (def, not async def) and do no "
+                            f"I/O; it returned an awaitable in: {', '.join(culprits) or '?'}")
+        problems.extend(found)
     return problems

@@ -1,8 +1,9 @@
 """Every hook a first-proxy plugin can implement. Each docstring is that hook's contract.
 
 A hook implementation may return a value or an awaitable (write it as ``async def``);
-the core awaits what it gets. Implementations take any subset of the arguments by name,
-so a hook can grow arguments without breaking existing plugins.
+the core awaits what it gets (``check_config`` alone must be synchronous). Implementations
+take any subset of the arguments by name, so a hook can grow arguments without breaking
+existing plugins.
 
 Plugins run in pluggy's order: the most recently registered first, adjusted with
 ``@hookimpl(tryfirst=True)`` / ``@hookimpl(trylast=True)``. The defaults that ship in
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import click
     from aiohttp import web
 
+    from .config import GatewayConfig
     from .gateway import Gateway
     from .types import Call, Denial, Identity, Status, Target, UpstreamResponse
 
@@ -42,11 +44,25 @@ def register_backends(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def check_config(config: GatewayConfig) -> list[tuple[str, str]] | None:
+    """Report what is wrong in gateway.yaml for this plugin, as ``(key_path, message)`` pairs.
+
+    Check what the plugin can see and depends on: its own ``plugins.<name>`` section (read
+    ``config.plugins.get(name, {})``), the ``clusters`` settings it reads, anything else it
+    needs. Return ``None`` or ``[]`` when all is well. Called by ``first-proxy check`` and at
+    start-up, before any ``startup`` hook, so it must be synchronous and do no I/O. Every
+    plugin is asked; all the problems of all plugins are reported together with the core's,
+    and the gateway refuses to start while there are any.
+    """
+
+
+@hookspec
 def startup(gateway: Gateway) -> Any:
     """Open what the plugin needs for the life of the gateway (clients, pollers, processes).
 
     Called once, after the store and the shared HTTP sessions are open and before the first
-    request. Read your settings with ``gateway.plugin_config("your_plugin_name")``.
+    request. Read your settings with ``gateway.plugin_config("your_plugin_name")``; they
+    have passed ``check_config`` already.
     """
 
 
@@ -141,6 +157,7 @@ def register_commands(cli: click.Group) -> None:
 
 HOOK_NAMES: tuple[str, ...] = (
     "register_backends",
+    "check_config",
     "startup",
     "shutdown",
     "authenticate",

@@ -22,6 +22,7 @@ from first_proxy import (
     Call,
     Denial,
     Gateway,
+    GatewayConfig,
     Identity,
     Status,
     Target,
@@ -31,7 +32,9 @@ from first_proxy import (
     hookimpl,
 )
 from first_proxy.cli import cli
+from first_proxy.config import parse_config
 from first_proxy.errors import ConfigError
+from first_proxy.gateway import check_wiring
 from first_proxy.hookspecs import HOOK_NAMES
 from first_proxy.plugins import BUILTIN_PLUGINS, get_plugin_manager, list_plugins
 from first_proxy.store import open_store
@@ -256,6 +259,78 @@ async def test_hook_dispatch(make_gateway: Any) -> None:
     rows = await logged_rows(server)
     assert [(r["target"], r["attempts"], r["completion_tokens"]) for r in rows] == [
         ("up", 2, 2), ("up", 2, None)]
+
+
+class Settings:
+    """Plugin ``settings``: needs ``plugins.settings.region``, one of the ``clusters``."""
+
+    __name__ = "settings"
+
+    def __init__(self) -> None:
+        self.started = False
+
+    @hookimpl
+    def check_config(self, config: GatewayConfig) -> list[tuple[str, str]] | None:
+        region = config.plugins.get("settings", {}).get("region")
+        if region is None:
+            return [("plugins.settings.region", "required: one of the clusters")]
+        if region not in config.clusters:
+            return [("plugins.settings.region", f"no cluster named {region!r}")]
+        return None
+
+    @hookimpl
+    def startup(self) -> None:
+        self.started = True
+
+
+class Quiet:
+    """Has nothing to say about any configuration."""
+
+    @hookimpl
+    def check_config(self) -> list[tuple[str, str]]:
+        return []
+
+
+async def test_hook_check_config(make_gateway: Any, reference_upstream: ReferenceUpstream) -> None:
+    models = {"m": targets(reference_upstream, "a")}
+    settings = Settings()
+    # At start-up, before any startup hook, together with the core's own problems.
+    with pytest.raises(ConfigError) as caught:
+        await make_gateway({"plugins": {"settings": {"region": "mars"}},
+                            "models": {**models, "n": {"targets": [{"backend": "nobody"}]}}},
+                           plugins=[ReferenceBackend(), settings, Quiet()])
+    assert caught.value.problems == [
+        ("models.n.targets[0].backend",
+         "no installed plugin dispatches backend 'nobody' (installed backends: reference)"),
+        ("plugins.settings.region", "no cluster named 'mars'")]
+    assert not settings.started
+    server = await make_gateway({"plugins": {"settings": {"region": "polaris"}},
+                                 "clusters": {"polaris": {}}, "models": models},
+                                plugins=[ReferenceBackend(), settings, Quiet()])
+    assert settings.started and (await post(server, "m"))[0] == 200
+
+    # check_wiring, as `first-proxy check` runs it: every plugin asked, nothing started.
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[Settings(), Quiet()])
+    assert check_wiring(parse_config({}), pm) == [
+        ("plugins.settings.region", "required: one of the clusters")]
+    assert check_wiring(parse_config({"plugins": {"settings": {"region": "a"}},
+                                      "clusters": {"a": {}}}), pm) == []
+    # A plugin whose section is disabled is not asked, even when registered.
+    assert check_wiring(parse_config({"plugins": {"settings": {"enabled": False}}}), pm) == []
+
+
+class AsyncSettings:
+    __name__ = "async_settings"
+
+    @hookimpl
+    async def check_config(self) -> list[tuple[str, str]]:
+        return [("plugins.async_settings", "never seen")]
+
+
+def test_an_async_check_config_is_refused() -> None:
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[AsyncSettings()])
+    with pytest.raises(TypeError, match=r"check_config must be synchronous.*async_settings"):
+        check_wiring(parse_config({}), pm)
 
 
 class Lifecycle:

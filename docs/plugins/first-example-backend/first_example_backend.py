@@ -1,8 +1,9 @@
 """first-proxy backend ``echo``: a model that answers in-process by repeating the prompt back.
 
 The finished plugin of docs/writing_plugins.md. It needs no server, so it shows the whole
-contract of a backend plugin on its own: a target validator, JSON and streamed answers,
-load reporting, per-gateway state opened and released with the gateway, and a subcommand.
+contract of a backend plugin on its own: a target validator, a check of its settings, JSON
+and streamed answers, load reporting, per-gateway state opened and released with the gateway,
+and a subcommand.
 
 gateway.yaml::
 
@@ -29,15 +30,16 @@ from typing import Any
 import click
 import orjson
 
-from first_proxy import Call, Gateway, Status, Target, UpstreamResponse, hookimpl
-from first_proxy.errors import ConfigError
+from first_proxy import Call, Gateway, GatewayConfig, Status, Target, UpstreamResponse, hookimpl
 
-__all__ = ["BACKEND", "NAME", "TRANSFORMS", "EchoState", "reply_words"]
+__all__ = ["BACKEND", "MAX_WORDS", "NAME", "TRANSFORMS", "EchoState", "reply_words"]
 
 #: The entry-point name: the key of this plugin's settings under ``plugins:`` in gateway.yaml.
 NAME = "first_example_backend"
 #: The ``backend:`` name targets use.
 BACKEND = "echo"
+#: The longest answer, in words, unless ``max_words`` says otherwise.
+MAX_WORDS = 256
 
 log = logging.getLogger(NAME)
 
@@ -80,21 +82,6 @@ class EchoState:
     streaming: Counter[str] = field(default_factory=Counter)
 
 
-def read_settings(settings: Mapping[str, Any], source: str) -> EchoState:
-    """This plugin's section of gateway.yaml, checked: raises ConfigError with key paths."""
-    problems = []
-    for key in settings:
-        if key != "max_words":
-            problems.append((f"plugins.{NAME}.{key}", "unknown setting (known: max_words)"))
-    max_words = settings.get("max_words", 256)
-    if isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1:
-        problems.append((f"plugins.{NAME}.max_words",
-                         f"expected a whole number >= 1, got {max_words!r}"))
-    if problems:
-        raise ConfigError(source, problems)
-    return EchoState(max_words=max_words)
-
-
 # -- hooks ------------------------------------------------------------------------------------
 
 
@@ -104,8 +91,24 @@ def register_backends(register) -> None:  # type: ignore[no-untyped-def]
 
 
 @hookimpl
+def check_config(config: GatewayConfig) -> list[tuple[str, str]]:
+    """Problems in this plugin's section of gateway.yaml, with their key paths; no I/O."""
+    settings = config.plugins.get(NAME, {})
+    problems = []
+    for key in settings:
+        if key != "max_words":
+            problems.append((f"plugins.{NAME}.{key}", "unknown setting (known: max_words)"))
+    max_words = settings.get("max_words", MAX_WORDS)
+    if isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1:
+        problems.append((f"plugins.{NAME}.max_words",
+                         f"expected a whole number >= 1, got {max_words!r}"))
+    return problems
+
+
+@hookimpl
 def startup(gateway: Gateway) -> None:
-    gateway.state[NAME] = read_settings(gateway.plugin_config(NAME), gateway.config.source)
+    settings = gateway.plugin_config(NAME)  # already checked by check_config
+    gateway.state[NAME] = EchoState(max_words=settings.get("max_words", MAX_WORDS))
 
 
 @hookimpl
@@ -168,7 +171,7 @@ def register_commands(cli: click.Group) -> None:
               show_default=True, help="What the target's transform: setting would do.")
 def example_echo(prompt: str, transform: str) -> None:
     """Print what backend echo answers to PROMPT, without a gateway."""
-    click.echo("".join(reply_words(prompt, transform, 256)))
+    click.echo("".join(reply_words(prompt, transform, MAX_WORDS)))
 
 
 # -- answers ----------------------------------------------------------------------------------

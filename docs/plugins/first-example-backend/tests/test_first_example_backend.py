@@ -14,7 +14,11 @@ import aiohttp
 import first_example_backend as example
 import openai
 import pytest
+import yaml
+from click.testing import CliRunner
 
+from first_proxy.cli import cli
+from first_proxy.config import parse_config
 from first_proxy.errors import ConfigError
 from first_proxy.plugins import get_plugin_manager, list_plugins
 from first_proxy.testing import TEST_KEY, GatewayServer, eventually
@@ -45,8 +49,8 @@ def test_plugin_is_installed() -> None:
     rows = {row["name"]: row for row in list_plugins(get_plugin_manager())}
     assert rows[example.NAME]["version"] == "0.1.0"
     assert rows[example.NAME]["hooks"] == [
-        "dispatch", "register_backends", "register_commands", "report_status", "shutdown",
-        "startup"]
+        "check_config", "dispatch", "register_backends", "register_commands", "report_status",
+        "shutdown", "startup"]
 
 
 async def test_chat_completion_repeats_the_prompt(make_gateway: MakeGateway) -> None:
@@ -123,15 +127,55 @@ async def test_target_problems_are_reported_at_start_up(make_gateway: MakeGatewa
                      "models.parrot.targets[0].pace", "models.parrot.targets[0].voice"]
 
 
+@pytest.mark.parametrize(("settings", "problems"), [
+    (None, []),
+    ({}, []),
+    ({"max_words": 1}, []),
+    ({"max_words": 0}, [("plugins.first_example_backend.max_words",
+                         "expected a whole number >= 1, got 0")]),
+    ({"max_words": True}, [("plugins.first_example_backend.max_words",
+                            "expected a whole number >= 1, got True")]),
+    ({"max_words": "64"}, [("plugins.first_example_backend.max_words",
+                            "expected a whole number >= 1, got '64'")]),
+    ({"colour": "red"}, [("plugins.first_example_backend.colour",
+                          "unknown setting (known: max_words)")]),
+])
+def test_check_config_reports_each_setting_problem(settings: dict[str, Any] | None,
+                                                   problems: list[tuple[str, str]]) -> None:
+    config = parse_config({} if settings is None else {"plugins": {example.NAME: settings}})
+    assert example.check_config(config) == problems
+
+
 async def test_setting_problems_are_reported_at_start_up(make_gateway: MakeGateway) -> None:
     with pytest.raises(ConfigError) as caught:
-        await parrot(make_gateway, plugins={example.NAME: {"max_words": 0, "colour": "red"}})
+        await parrot(make_gateway, {"name": "a", "backend": "echo", "transform": "shout"},
+                     plugins={example.NAME: {"max_words": 0, "colour": "red"}})
+    # The core's problems and the plugin's, all at once.
     assert sorted(path for path, _ in caught.value.problems) == [
-        "plugins.first_example_backend.colour", "plugins.first_example_backend.max_words"]
+        "models.parrot.targets[0].transform", "plugins.first_example_backend.colour",
+        "plugins.first_example_backend.max_words"]
+
+
+def test_first_proxy_check_reports_setting_problems(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    config = {"plugins": {example.NAME: {"max_words": -3}},
+              "models": {"parrot": {"targets": [{"name": "plain", "backend": "echo"}]}}}
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["check", "--config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"{path}: 1 problem(s)" in result.output
+    assert ("plugins.first_example_backend.max_words: expected a whole number >= 1, got -3"
+            in result.output)
+
+    config["plugins"][example.NAME]["max_words"] = 3
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["check", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "OK: 1 model(s), 1 target(s)" in result.output
 
 
 async def test_a_disabled_plugin_is_not_loaded(make_gateway: MakeGateway) -> None:
-    off = {example.NAME: {"enabled": False}}
+    off = {example.NAME: {"enabled": False, "max_words": 0}}  # its settings are not checked
     with pytest.raises(ConfigError) as caught:
         await parrot(make_gateway, plugins=off)
     assert caught.value.problems[0][0] == "models.parrot.targets[0].backend"
