@@ -8,7 +8,8 @@ answer without starting the others.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import operator
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -41,6 +42,14 @@ def registered_backends(pm: pluggy.PluginManager) -> dict[str, Callable[..., Any
     return found
 
 
+#: Answers of these exact types are never awaitable: no need to ask ``inspect.isawaitable``.
+_PLAIN = frozenset({Identity, Denial, Status, UpstreamResponse, list, tuple, dict, str, int, bool})
+
+
+def _awaitable(value: Any) -> bool:
+    return type(value) not in _PLAIN and inspect.isawaitable(value)
+
+
 class _Caller:
     """Calls one hook's implementations, each with only the arguments it asks for."""
 
@@ -51,24 +60,53 @@ class _Caller:
             for impl in reversed(impls)
             if not (impl.hookwrapper or impl.wrapper)
         ]
+        # What the request path runs: each function, how to pick its arguments out of the
+        # keyword arguments, and whether it is ``async def`` (its result is then surely awaited).
+        self._calls = [(function, _picker(argnames), inspect.iscoroutinefunction(function))
+                       for function, argnames in self.impls]
 
     def __bool__(self) -> bool:
         return bool(self.impls)
 
     async def first(self, **kwargs: Any) -> Any:
-        for function, argnames in self.impls:
-            result = await await_me_maybe(function(*[kwargs[a] for a in argnames]))
+        for function, pick, is_async in self._calls:
+            result = function(*pick(kwargs))
+            if is_async or (result is not None and _awaitable(result)):
+                result = await result
             if result is not None:
                 return result
         return None
 
     async def all(self, **kwargs: Any) -> list[Any]:
         results = []
-        for function, argnames in self.impls:
-            result = await await_me_maybe(function(*[kwargs[a] for a in argnames]))
+        for function, pick, is_async in self._calls:
+            result = function(*pick(kwargs))
+            if is_async or (result is not None and _awaitable(result)):
+                result = await result
             if result is not None:
                 results.append(result)
         return results
+
+    async def first_of_all(self, **kwargs: Any) -> Any:
+        """Call every implementation; the first answer that is not None."""
+        found = None
+        for function, pick, is_async in self._calls:
+            result = function(*pick(kwargs))
+            if is_async or (result is not None and _awaitable(result)):
+                result = await result
+            if found is None:
+                found = result
+        return found
+
+
+def _picker(argnames: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function that takes ``argnames`` out of a keyword-argument dict, in order."""
+    if not argnames:
+        return lambda kwargs: ()
+    if len(argnames) == 1:
+        name = argnames[0]
+        return lambda kwargs: (kwargs[name],)
+    return operator.itemgetter(*argnames)
 
 
 class Hooks:
@@ -91,18 +129,20 @@ class Hooks:
     async def shutdown(self) -> None:
         await _Caller(self.pm, "shutdown").all(gateway=self.gateway)
 
-    async def authenticate(self, request: web.Request) -> Identity | None:
-        return await self._authenticate.first(request=request, gateway=self.gateway)
+    # The request-path hooks hand back their caller's coroutine rather than wrap it in one
+    # more: the result is awaited just the same.
 
-    async def authorize(self, identity: Identity, model: str, target: Target | None) -> Denial | None:
-        denials = await self._authorize.all(
+    def authenticate(self, request: web.Request) -> Awaitable[Identity | None]:
+        return self._authenticate.first(request=request, gateway=self.gateway)
+
+    def authorize(self, identity: Identity, model: str,
+                  target: Target | None) -> Awaitable[Denial | None]:
+        return self._authorize.first_of_all(
             identity=identity, model=model, target=target, gateway=self.gateway
         )
-        return denials[0] if denials else None
 
-    async def check_limits(self, identity: Identity, model: str) -> Denial | None:
-        denials = await self._limits.all(identity=identity, model=model, gateway=self.gateway)
-        return denials[0] if denials else None
+    def check_limits(self, identity: Identity, model: str) -> Awaitable[Denial | None]:
+        return self._limits.first_of_all(identity=identity, model=model, gateway=self.gateway)
 
     async def select_target(
         self, model: str, candidates: Sequence[Target], statuses: Mapping[str, Status]
@@ -112,8 +152,8 @@ class Hooks:
         )
         return list(candidates) if ordered is None else ordered
 
-    async def dispatch(self, target: Target, call: Call) -> UpstreamResponse | None:
-        return await self._dispatch.first(target=target, call=call, gateway=self.gateway)
+    def dispatch(self, target: Target, call: Call) -> Awaitable[UpstreamResponse | None]:
+        return self._dispatch.first(target=target, call=call, gateway=self.gateway)
 
     async def report_status(self, target: Target) -> Status | None:
         return await self._report.first(target=target, gateway=self.gateway)

@@ -75,7 +75,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     started = time.perf_counter()
     row = RequestRecord(ts=time.time(), request_id=request[REQUEST_ID], endpoint=endpoint)
-    gateway.metrics.in_flight.inc()
+    gateway.metrics.in_flight_now += 1
     try:
         response = await _proxy(request, gateway, endpoint, row, started)
         row.status = row.status or response.status
@@ -90,7 +90,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
         row.status, row.error = 500, "internal_error"
         raise
     finally:
-        gateway.metrics.in_flight.dec()
+        gateway.metrics.in_flight_now -= 1
         row.latency_ms = (time.perf_counter() - started) * 1000
         gateway.record(row)
 
@@ -244,7 +244,7 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
         row.ttft_ms = (time.perf_counter() - started) * 1000
         try:
             await _write(response, tee.feed(first))
-            async with asyncio.timeout_at(_deadline(started, target)):
+            async with asyncio.timeout(_remaining(started, target)):
                 async for chunk in upstream.chunks:
                     await _write(response, tee.feed(chunk))
             await _write(response, tee.flush())
@@ -275,9 +275,9 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
         await response.write(data)
 
 
-def _deadline(started: float, target: Target) -> float:
-    loop = asyncio.get_running_loop()
-    return loop.time() + target.timeouts.total - (time.perf_counter() - started)
+def _remaining(started: float, target: Target) -> float:
+    """Seconds left of the target's total timeout."""
+    return target.timeouts.total - (time.perf_counter() - started)
 
 
 def _count(row: RequestRecord, usage: dict) -> None:

@@ -64,15 +64,28 @@ class UsageTee:
         return rest
 
     def _filter(self, data: bytes) -> bytes:
+        # Only the events that mention "usage" are read; the others pass as they are.
+        at = data.find(b'"usage"')
+        if at < 0:
+            return data
         kept = []
-        start = 0
+        copied = start = 0  # data[copied:start] passes as it is; an event begins at start
         for boundary in _BLANK_LINE.finditer(data):
-            event = data[start : boundary.start()]
-            if self._keep(event):
-                kept.append(data[start : boundary.end()])
+            if boundary.start() < at:
+                start = boundary.end()
+                continue
+            if not self._keep(data[start : boundary.start()]):
+                kept.append(data[copied:start])
+                copied = boundary.end()
             start = boundary.end()
-        if start < len(data) and self._keep(data[start:]):
-            kept.append(data[start:])
+            at = data.find(b'"usage"', start)
+            if at < 0:
+                break
+        else:
+            if start < len(data) and not self._keep(data[start:]):
+                kept.append(data[copied:start])
+                copied = len(data)
+        kept.append(data[copied:])
         return b"".join(kept)
 
     def _keep(self, event: bytes) -> bool:
@@ -103,20 +116,22 @@ def usage_of(body: bytes) -> dict[str, Any] | None:
     start = body.find(b"{", at)
     if start < 0 or body[at + 7 : start].strip(b" \t\r\n:"):
         return None  # "usage": null, or a key inside a string
-    depth = 0
-    for end in range(start, min(len(body), start + 4096)):
-        byte = body[end]
-        if byte == 0x7B:  # {
-            depth += 1
-        elif byte == 0x7D:  # }
-            depth -= 1
-            if depth == 0:
-                try:
-                    usage = orjson.loads(body[start : end + 1])
-                except orjson.JSONDecodeError:
-                    return None
-                return usage if isinstance(usage, dict) else None
-    return None
+    # Find the brace that closes the one at ``start``, jumping from brace to brace.
+    limit = min(len(body), start + 4096)
+    depth, at = 0, start
+    while True:
+        end = body.find(b"}", at, limit)
+        if end < 0:
+            return None
+        depth += body.count(b"{", at, end) - 1
+        if depth == 0:
+            break
+        at = end + 1
+    try:
+        usage = orjson.loads(body[start : end + 1])
+    except orjson.JSONDecodeError:
+        return None
+    return usage if isinstance(usage, dict) else None
 
 
 async def next_chunk(chunks: Any) -> bytes:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import aiohttp
+from yarl import URL
 
 from .errors import UpstreamError
 from .types import Call, Target, UpstreamResponse
@@ -41,7 +43,7 @@ async def post_openai(
         out.update(headers)
     try:
         response = await gateway.session(target).post(
-            f"{base}/{call.endpoint}", data=call.payload(target), headers=out,
+            _url(base, call.endpoint), data=call.payload(target), headers=out,
             allow_redirects=False,
         )
     except aiohttp.ClientError as e:
@@ -58,6 +60,12 @@ async def post_openai(
     finally:
         response.release()
     return UpstreamResponse(status=response.status, headers=response.headers, body=body)
+
+
+@lru_cache(maxsize=1024)
+def _url(base: str, endpoint: str) -> URL:
+    """``{base}/{endpoint}``, parsed once rather than on every call."""
+    return URL(f"{base}/{endpoint}")
 
 
 def _describe(error: BaseException) -> str:
