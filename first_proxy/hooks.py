@@ -21,14 +21,7 @@ if TYPE_CHECKING:
 
     from .gateway import Gateway
 
-__all__ = ["Hooks", "await_me_maybe", "registered_backends"]
-
-
-async def await_me_maybe(value: Any) -> Any:
-    """The value, awaited if it is awaitable."""
-    if inspect.isawaitable(value):
-        return await value
-    return value
+__all__ = ["Hooks", "registered_backends"]
 
 
 def registered_backends(pm: pluggy.PluginManager) -> dict[str, Callable[..., Any] | None]:
@@ -54,19 +47,13 @@ class _Caller:
     """Calls one hook's implementations, each with only the arguments it asks for."""
 
     def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
-        impls = getattr(pm.hook, name).get_hookimpls()
-        self.impls = [
-            (impl.function, impl.argnames)
-            for impl in reversed(impls)
-            if not (impl.hookwrapper or impl.wrapper)
-        ]
+        # pluggy calls the last registered first; wrappers are for pluggy's own calls only.
+        impls = [impl for impl in reversed(getattr(pm.hook, name).get_hookimpls())
+                 if not (impl.hookwrapper or impl.wrapper)]
         # What the request path runs: each function, how to pick its arguments out of the
         # keyword arguments, and whether it is ``async def`` (its result is then surely awaited).
-        self._calls = [(function, _picker(argnames), inspect.iscoroutinefunction(function))
-                       for function, argnames in self.impls]
-
-    def __bool__(self) -> bool:
-        return bool(self.impls)
+        self._calls = [(impl.function, _picker(impl.argnames),
+                        inspect.iscoroutinefunction(impl.function)) for impl in impls]
 
     async def first(self, **kwargs: Any) -> Any:
         for function, pick, is_async in self._calls:
