@@ -7,13 +7,11 @@ import contextlib
 import inspect
 import logging
 import time
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import pluggy
-from aiohttp import web
 
 from .config import GatewayConfig, ModelConfig
 from .errors import ConfigError
@@ -42,7 +40,6 @@ class Gateway:
         self.state: dict[str, Any] = {}
         self.store: Store | None = None
         self.request_log: RequestLog | None = None
-        self.active_streams: weakref.WeakSet[web.StreamResponse] = weakref.WeakSet()
         self.started_at = time.time()
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._poller: asyncio.Task[None] | None = None

@@ -240,7 +240,6 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
     assert upstream.chunks is not None
     try:
         await response.prepare(request)
-        gateway.active_streams.add(response)
         row.ttft_ms = (time.perf_counter() - started) * 1000
         try:
             await _write(response, tee.feed(first))
@@ -264,7 +263,6 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
         row.status, row.error = 499, "client_disconnected"
     finally:
         await upstream.aclose()
-        gateway.active_streams.discard(response)
         if tee.usage:
             _count(row, tee.usage)
     return response
