@@ -34,7 +34,12 @@ def create_app(
     app[GATEWAY] = Gateway(config, pm)
     setup_routes(app)
     app.cleanup_ctx.append(_gateway_context)
+    app.on_shutdown.append(_begin_shutdown)
     return app
+
+
+async def _begin_shutdown(app: web.Application) -> None:
+    app[GATEWAY].begin_shutdown()
 
 
 async def _gateway_context(app: web.Application) -> AsyncIterator[None]:

@@ -21,7 +21,10 @@ from .requestlog import RequestLog, RequestRecord
 from .store import Store, open_store
 from .types import Status, Target
 
-__all__ = ["Gateway", "check_wiring"]
+__all__ = ["SHUTTING_DOWN", "Gateway", "check_wiring"]
+
+#: The message of the cancellation that ends a request still running when shutdown's grace ends.
+SHUTTING_DOWN = "first_proxy: shutting down"
 
 log = logging.getLogger("first_proxy")
 
@@ -43,6 +46,9 @@ class Gateway:
         self.started_at = time.time()
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._poller: asyncio.Task[None] | None = None
+        #: The tasks answering inference requests now, to be ended cleanly at shutdown.
+        self.requests_in_flight: set[asyncio.Task[Any]] = set()
+        self._closing: asyncio.Task[None] | None = None
 
     # -- what plugins use ---------------------------------------------------------------
 
@@ -87,7 +93,24 @@ class Gateway:
         if self.pm.hook.report_status.get_hookimpls() and self.config.targets():
             self._poller = asyncio.create_task(self._poll_statuses(), name="first-proxy-status")
 
+    def begin_shutdown(self) -> None:
+        """Shutdown has begun: end whatever is still running shortly before the grace is over.
+
+        Past the grace period aiohttp drops connections mid-answer. Just before it, the
+        requests still in flight are cancelled with :data:`SHUTTING_DOWN`, so that a stream
+        ends with an SSE error event and a waiting caller gets a 503 saying to retry.
+        """
+        grace = self.config.server.shutdown_grace
+        self._closing = asyncio.create_task(self._end_requests(grace - min(1.0, grace / 4)))
+
+    async def _end_requests(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        for task in list(self.requests_in_flight):
+            task.cancel(SHUTTING_DOWN)
+
     async def stop(self) -> None:
+        if self._closing is not None:
+            self._closing.cancel()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

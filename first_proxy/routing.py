@@ -8,6 +8,7 @@ failure ends it with an SSE error event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from .errors import (
     UpstreamTimeout,
     error_body,
 )
-from .gateway import Gateway
+from .gateway import SHUTTING_DOWN, Gateway
 from .keys import GATEWAY, REQUEST_ID
 from .requestlog import RequestRecord
 from .streaming import SSE_HEADERS, UsageTee, next_chunk, sse_error, usage_of
@@ -76,6 +77,9 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     started = time.perf_counter()
     row = RequestRecord(ts=time.time(), request_id=request[REQUEST_ID], endpoint=endpoint)
     gateway.metrics.in_flight_now += 1
+    task = asyncio.current_task()
+    assert task is not None
+    gateway.requests_in_flight.add(task)
     try:
         response = await _proxy(request, gateway, endpoint, row, started)
         row.status = row.status or response.status
@@ -83,13 +87,20 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     except ProxyError as e:
         row.status, row.error = e.status, e.code
         raise
-    except asyncio.CancelledError:
-        row.status, row.error = 499, "client_disconnected"
-        raise
+    except asyncio.CancelledError as e:
+        if not _shutting_down(e):
+            row.status, row.error = 499, "client_disconnected"
+            raise
+        error = NoTargetAvailable(
+            "The gateway is shutting down and could not answer in time; send the request "
+            "again.", code="gateway_shutting_down", headers={"Retry-After": "5"})
+        row.status, row.error = error.status, error.code
+        raise error from None
     except BaseException:
         row.status, row.error = 500, "internal_error"
         raise
     finally:
+        gateway.requests_in_flight.discard(task)
         gateway.metrics.in_flight_now -= 1
         row.latency_ms = (time.perf_counter() - started) * 1000
         gateway.record(row)
@@ -261,6 +272,15 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
         await response.write_eof()
     except ConnectionResetError:
         row.status, row.error = 499, "client_disconnected"
+    except asyncio.CancelledError as e:
+        if not _shutting_down(e):
+            raise
+        row.error = "gateway_shutting_down"
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(sse_error(NoTargetAvailable(
+                "The gateway is shutting down and could not finish this answer; send the "
+                "request again.", code="gateway_shutting_down")))
+            await response.write_eof()
     finally:
         await upstream.aclose()
         if tee.usage:
@@ -271,6 +291,17 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
 async def _write(response: web.StreamResponse, data: bytes) -> None:
     if data:
         await response.write(data)
+
+
+def _shutting_down(cancel: asyncio.CancelledError) -> bool:
+    """True for the cancellation with which the gateway ends requests at shutdown; the task
+    then carries on (to answer) as if it had not been cancelled."""
+    if cancel.args[:1] != (SHUTTING_DOWN,):
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True
 
 
 def _remaining(started: float, target: Target) -> float:

@@ -103,6 +103,51 @@ async def test_stream_in_flight_completes_and_logs_are_flushed(
     assert found["before-shutdown"]["user"] == "key:tester"
 
 
+async def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(
+        make_gateway: Any, reference_upstream: ReferenceUpstream, tmp_path: Path) -> None:
+    reference_upstream.chunk_delay = 0.2  # 12 words: far longer than the grace period
+    db = tmp_path / "logs.db"
+    server = await start(make_gateway, reference_upstream, db, server={"shutdown_grace": 0.4})
+    headers = {**AUTH, "X-Request-Id": "cut-by-shutdown"}
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{server.base_url}/completions", headers=headers,
+            json={"model": MODEL, "prompt": WORDS, "stream": True}) as response:
+        first = await response.content.readline()
+        closing = asyncio.create_task(server.close())
+        rest = await response.read()  # a clean end: no payload error
+    await closing
+    events = [line[6:] for line in (first + rest).split(b"\n") if line.startswith(b"data: ")]
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "gateway_shutting_down"
+    assert "send the request again" in error["message"]
+    assert len(events) > 2  # what was generated before reached the caller
+    assert reference_upstream.cancelled == 1
+    row = (await asyncio.to_thread(rows_in_file, db))["cut-by-shutdown"]
+    assert (row["status"], row["error"]) == (200, "gateway_shutting_down")
+
+
+async def test_a_call_outliving_the_grace_period_gets_503(
+        make_gateway: Any, reference_upstream: ReferenceUpstream, tmp_path: Path) -> None:
+    reference_upstream.delay = 30
+    db = tmp_path / "logs.db"
+    server = await start(make_gateway, reference_upstream, db, server={"shutdown_grace": 0.4})
+    headers = {**AUTH, "X-Request-Id": "waiting-at-shutdown"}
+    async with aiohttp.ClientSession() as http:
+        answer = asyncio.create_task(http.post(
+            f"{server.base_url}/completions", headers=headers, json={"model": MODEL, "prompt": "x"}))
+        await eventually(lambda: reference_upstream.active == 1)
+        closing = asyncio.create_task(server.close())
+        async with await answer as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "5"
+            error = (await response.json())["error"]
+    await closing
+    assert error["code"] == "gateway_shutting_down"
+    assert reference_upstream.cancelled == 1
+    row = (await asyncio.to_thread(rows_in_file, db))["waiting-at-shutdown"]
+    assert (row["status"], row["error"]) == (503, "gateway_shutting_down")
+
+
 async def test_new_connections_are_refused_after_close(
         make_gateway: Any, reference_upstream: ReferenceUpstream, tmp_path: Path) -> None:
     server = await start(make_gateway, reference_upstream, tmp_path / "logs.db")
