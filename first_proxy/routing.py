@@ -88,7 +88,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
         row.status, row.error = e.status, e.code
         raise
     except asyncio.CancelledError as e:
-        if not _shutting_down(e):
+        if not _absorb_shutdown(e):
             row.status, row.error = 499, "client_disconnected"
             raise
         error = NoTargetAvailable(
@@ -273,7 +273,7 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
     except ConnectionResetError:
         row.status, row.error = 499, "client_disconnected"
     except asyncio.CancelledError as e:
-        if not _shutting_down(e):
+        if not _absorb_shutdown(e):
             raise
         row.error = "gateway_shutting_down"
         with contextlib.suppress(ConnectionResetError):
@@ -293,9 +293,9 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
         await response.write(data)
 
 
-def _shutting_down(cancel: asyncio.CancelledError) -> bool:
-    """True for the cancellation with which the gateway ends requests at shutdown; the task
-    then carries on (to answer) as if it had not been cancelled."""
+def _absorb_shutdown(cancel: asyncio.CancelledError) -> bool:
+    """If ``cancel`` is how the gateway ends requests at shutdown, absorb it (the task carries
+    on, to answer with an error) and return True; any other cancellation is left alone."""
     if cancel.args[:1] != (SHUTTING_DOWN,):
         return False
     task = asyncio.current_task()
