@@ -9,7 +9,6 @@ import pluggy
 from aiohttp import web
 
 from .api import setup_routes
-from .api.middleware import error_middleware
 from .config import GatewayConfig
 from .gateway import Gateway
 from .keys import GATEWAY
@@ -29,8 +28,7 @@ def create_app(
     if pm is None:
         pm = get_plugin_manager(load_entrypoints=load_entrypoints,
                                 blocked=config.disabled_plugins, plugins=plugins)
-    app = web.Application(middlewares=[error_middleware],
-                          client_max_size=config.server.max_body_bytes)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
     app[GATEWAY] = Gateway(config, pm)
     setup_routes(app)
     app.cleanup_ctx.append(_gateway_context)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 __all__ = [
     "AuthenticationError",
@@ -18,6 +19,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
     "error_body",
+    "internal_error",
 ]
 
 
@@ -51,6 +53,11 @@ class ProxyError(Exception):
     def body(self) -> bytes:
         return error_body(self.message, self.type, self.code, self.param)
 
+    def response(self, request_id: str) -> web.Response:
+        """This error as the answer to the request ``request_id``."""
+        return web.Response(body=self.body(), status=self.status, content_type="application/json",
+                            headers={**self.headers, "X-Request-Id": request_id})
+
     def as_dict(self) -> dict[str, Any]:
         return orjson.loads(self.body())
 
@@ -59,6 +66,16 @@ class BadRequest(ProxyError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class MethodNotAllowed(BadRequest):
+    status = 405
+    code = "method_not_allowed"
+
+
+class RequestTooLarge(BadRequest):
+    status = 413
+    code = "request_too_large"
 
 
 class AuthenticationError(ProxyError):
@@ -103,6 +120,12 @@ class UpstreamTimeout(UpstreamError):
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+
+
+def internal_error(request_id: str) -> ProxyError:
+    """The 500 for a failure of the gateway itself: no details, a request id to quote."""
+    return ProxyError(f"The gateway failed on this request; quote request id {request_id} to "
+                      "your administrator.")
 
 
 class ConfigError(Exception):

@@ -16,15 +16,13 @@ import pluggy
 from .config import GatewayConfig, ModelConfig
 from .errors import ConfigError
 from .hooks import Hooks, registered_backends
+from .inflight import SHUTTING_DOWN, InFlight
 from .metrics import Metrics
 from .requestlog import RequestLog, RequestRecord
 from .store import Store, open_store
 from .types import Status, Target
 
-__all__ = ["SHUTTING_DOWN", "Gateway", "check_wiring"]
-
-#: The message of the cancellation that ends a request still running when shutdown's grace ends.
-SHUTTING_DOWN = "first_proxy: shutting down"
+__all__ = ["Gateway", "check_wiring"]
 
 log = logging.getLogger("first_proxy")
 
@@ -46,8 +44,9 @@ class Gateway:
         self.started_at = time.time()
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._poller: asyncio.Task[None] | None = None
-        #: The tasks answering inference requests now, to be ended cleanly at shutdown.
-        self.requests_in_flight: set[asyncio.Task[Any]] = set()
+        #: The tasks answering inference requests now, and their deadlines.
+        self.in_flight = InFlight()
+        self.metrics.in_flight.set_function(lambda: len(self.in_flight))
         self._closing: asyncio.Task[None] | None = None
 
     # -- what plugins use ---------------------------------------------------------------
@@ -69,6 +68,8 @@ class Gateway:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=target.timeouts.connect),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
+                # An upstream's cookies must not be kept and sent on behalf of other callers.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._sessions[target.key] = session
         return session
@@ -85,6 +86,7 @@ class Gateway:
         self.store = await open_store(self.config.store)
         self.request_log = RequestLog(self.store, self.config.request_log, self.metrics)
         self.request_log.start()
+        self.in_flight.start()
         try:
             await self.hooks.startup()
         except BaseException:  # a plugin refused to start: release what the core opened
@@ -105,8 +107,7 @@ class Gateway:
 
     async def _end_requests(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        for task in list(self.requests_in_flight):
-            task.cancel(SHUTTING_DOWN)
+        self.in_flight.cancel_all(SHUTTING_DOWN)
 
     async def stop(self) -> None:
         if self._closing is not None:
@@ -121,6 +122,7 @@ class Gateway:
             await self._release()
 
     async def _release(self) -> None:
+        await self.in_flight.stop()
         if self.request_log is not None:
             await self.request_log.aclose()
         if self.store is not None:

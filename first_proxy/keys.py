@@ -6,7 +6,6 @@ from aiohttp import web
 
 from .gateway import Gateway
 
-__all__ = ["GATEWAY", "REQUEST_ID"]
+__all__ = ["GATEWAY"]
 
 GATEWAY = web.AppKey("gateway", Gateway)
-REQUEST_ID = web.RequestKey("request_id", str)

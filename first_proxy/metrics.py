@@ -32,11 +32,9 @@ class Metrics:
         self.upstream_errors = Counter(
             "first_proxy_upstream_errors", "Failed attempts to reach a target (each one failed over).",
             ("model", "target", "kind"), registry=r)
-        #: Requests being answered now; the request path counts them in ``in_flight_now``.
+        #: Requests being answered now; the gateway sets the function that counts them.
         self.in_flight = Gauge(
             "first_proxy_in_flight_requests", "Requests being answered now.", registry=r)
-        self.in_flight_now = 0
-        self.in_flight.set_function(lambda: self.in_flight_now)
         self.target_up = Gauge(
             "first_proxy_target_up", "1 if the target's last status check found it reachable.",
             ("model", "target"), registry=r)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import logging
+import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -23,18 +27,36 @@ from .errors import (
     PermissionDenied,
     ProxyError,
     RateLimited,
+    RequestTooLarge,
     UpstreamError,
     UpstreamTimeout,
     error_body,
+    internal_error,
 )
-from .gateway import SHUTTING_DOWN, Gateway
-from .keys import GATEWAY, REQUEST_ID
+from .gateway import Gateway
+from .inflight import EXPIRED, SHUTTING_DOWN, absorb
+from .keys import GATEWAY
 from .requestlog import RequestRecord
 from .streaming import SSE_HEADERS, UsageTee, next_chunk, sse_error, usage_of
 from .types import Call, Denial, Identity, Target, UpstreamResponse
 from .validation import parse_request
 
-__all__ = ["authenticate", "denial_error", "proxy", "shown"]
+__all__ = ["authenticate", "denial_error", "proxy", "request_id", "shown"]
+
+log = logging.getLogger("first_proxy")
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: Request ids made here: random per process, then counted (32 hex digits, like a UUID's).
+_ID_PREFIX = os.urandom(8).hex()
+_id_numbers = itertools.count(1)
+
+
+def request_id(request: web.Request) -> str:
+    """The caller's ``X-Request-Id`` if it is safe to echo and log, else a new id."""
+    given = request.headers.get("X-Request-Id")
+    if given is not None and _SAFE_ID.fullmatch(given):
+        return given
+    return f"{_ID_PREFIX}{next(_id_numbers):016x}"
 
 
 async def authenticate(request: web.Request, gateway: Gateway) -> Identity:
@@ -72,45 +94,57 @@ def denial_error(denial: Denial) -> ProxyError:
 
 
 async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
-    """Answer one inference request on ``endpoint`` (``chat/completions``, ...)."""
+    """Answer one inference request on ``endpoint`` (``chat/completions``, ...).
+
+    Every failure is answered here, in OpenAI's shape, and every request leaves a log row.
+    """
     gateway = request.app[GATEWAY]
     started = time.perf_counter()
-    row = RequestRecord(ts=time.time(), request_id=request[REQUEST_ID], endpoint=endpoint)
-    gateway.metrics.in_flight_now += 1
+    row = RequestRecord(ts=time.time(), request_id=request_id(request), endpoint=endpoint)
     task = asyncio.current_task()
     assert task is not None
-    gateway.requests_in_flight.add(task)
+    gateway.in_flight.add(task)
     try:
-        response = await _proxy(request, gateway, endpoint, row, started)
+        response = await _proxy(request, gateway, endpoint, row, started, task)
         row.status = row.status or response.status
         return response
     except ProxyError as e:
         row.status, row.error = e.status, e.code
-        raise
+        return e.response(row.request_id)
     except asyncio.CancelledError as e:
-        if not _absorb_shutdown(e):
+        if not absorb(e, SHUTTING_DOWN):
             row.status, row.error = 499, "client_disconnected"
             raise
         error = NoTargetAvailable(
             "The gateway is shutting down and could not answer in time; send the request "
             "again.", code="gateway_shutting_down", headers={"Retry-After": "5"})
         row.status, row.error = error.status, error.code
-        raise error from None
+        return error.response(row.request_id)
+    except Exception:
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
+                      row.request_id)
+        row.status, row.error = 500, "internal_error"
+        return internal_error(row.request_id).response(row.request_id)
     except BaseException:
         row.status, row.error = 500, "internal_error"
         raise
     finally:
-        gateway.requests_in_flight.discard(task)
-        gateway.metrics.in_flight_now -= 1
+        gateway.in_flight.discard(task)
         row.latency_ms = (time.perf_counter() - started) * 1000
         gateway.record(row)
 
 
 async def _proxy(request: web.Request, gateway: Gateway, endpoint: str, row: RequestRecord,
-                 started: float) -> web.StreamResponse:
+                 started: float, task: asyncio.Task) -> web.StreamResponse:
     identity = await authenticate(request, gateway)
     row.user = identity.user_id
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestTooLarge(
+            f"The request body is larger than the {gateway.config.server.max_body_bytes} bytes "
+            "this gateway accepts. Send less, or ask the administrator to raise "
+            "server.max_body_bytes.") from None
     body = parse_request(raw, endpoint)
     name: str = body["model"]
     model = gateway.model(name)
@@ -156,7 +190,7 @@ async def _proxy(request: web.Request, gateway: Gateway, endpoint: str, row: Req
     row.stream = call.stream
     if gateway.config.request_log.include_prompts:
         row.prompt = raw.decode("utf-8", "replace")
-    return await _forward(request, gateway, call, ordered, row, started)
+    return await _forward(request, gateway, call, ordered, row, started, task)
 
 
 @dataclass(slots=True)
@@ -167,27 +201,31 @@ class _Failure:
 
 
 async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: list[Target],
-                   row: RequestRecord, started: float) -> web.StreamResponse:
+                   row: RequestRecord, started: float, task: asyncio.Task) -> web.StreamResponse:
     failures: list[_Failure] = []
     for target in ordered:
         row.attempts += 1
         row.target = target.name
         upstream: UpstreamResponse | None = None
         first = b""
+        gateway.in_flight.expire_in(task, min(target.timeouts.first_byte, target.timeouts.total))
         try:
-            async with asyncio.timeout(min(target.timeouts.first_byte, target.timeouts.total)):
+            try:
                 upstream = await gateway.hooks.dispatch(target, call)
                 if upstream is None:
                     raise UpstreamError(f"no plugin dispatched backend {target.backend!r}")
-                if upstream.status == 429 or upstream.status >= 500:
-                    failures.append(_Failure(
-                        target, "busy" if upstream.status == 429 else "status",
-                        f"HTTP {upstream.status}: {target.redact(_upstream_message(upstream.body))}"))
-                    await upstream.aclose()
-                    gateway.metrics.upstream_error(call.model, target.name, failures[-1].kind)
-                    continue
-                if upstream.chunks is not None:
+                if upstream.chunks is not None and not _retryable(upstream.status):
                     first = await next_chunk(upstream.chunks)
+            finally:
+                gateway.in_flight.clear(task)
+        except asyncio.CancelledError as e:
+            if upstream is not None:
+                await upstream.aclose()
+            if not absorb(e, EXPIRED):
+                raise
+            failures.append(_Failure(target, "timeout", "no answer in time"))
+            gateway.metrics.upstream_error(call.model, target.name, "timeout")
+            continue
         except (TimeoutError, UpstreamError, aiohttp.ClientError, StopAsyncIteration) as e:
             if upstream is not None:
                 await upstream.aclose()
@@ -198,10 +236,23 @@ async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: 
             if upstream is not None:
                 await upstream.aclose()
             raise
+        if _retryable(upstream.status):
+            failures.append(_Failure(
+                target, "busy" if upstream.status == 429 else "status",
+                f"HTTP {upstream.status}: {target.redact(_upstream_message(upstream.body))}"))
+            await upstream.aclose()
+            gateway.metrics.upstream_error(call.model, target.name, failures[-1].kind)
+            continue
         if upstream.chunks is not None:
-            return await _stream(request, gateway, call, target, upstream, first, row, started)
+            return await _stream(request, gateway, call, target, upstream, first, row, started,
+                                 task)
         return _answer(upstream, target, row)
     raise _exhausted(call.model, failures)
+
+
+def _retryable(status: int) -> bool:
+    """A status that makes the call move on to the next target."""
+    return status == 429 or status >= 500
 
 
 def _failure(target: Target, error: BaseException) -> _Failure:
@@ -239,12 +290,13 @@ def _answer(upstream: UpstreamResponse, target: Target, row: RequestRecord) -> w
             _count(row, usage)
         content_type = upstream.content_type or "application/json"
     return web.Response(body=body, status=upstream.status, headers={
-        "Content-Type": content_type, "X-First-Target": target.name})
+        "Content-Type": content_type, "X-First-Target": target.name,
+        "X-Request-Id": row.request_id})
 
 
 async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Target,
                   upstream: UpstreamResponse, first: bytes, row: RequestRecord,
-                  started: float) -> web.StreamResponse:
+                  started: float, task: asyncio.Task) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, "X-First-Target": target.name,
                                            "X-Request-Id": call.request_id})
     tee = UsageTee(hide_usage_chunk=call.usage_injected)
@@ -252,20 +304,24 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
     try:
         await response.prepare(request)
         row.ttft_ms = (time.perf_counter() - started) * 1000
+        error: ProxyError | None = None
+        gateway.in_flight.expire_in(task, _remaining(started, target))
         try:
             await _write(response, tee.feed(first))
-            async with asyncio.timeout(_remaining(started, target)):
-                async for chunk in upstream.chunks:
-                    await _write(response, tee.feed(chunk))
+            async for chunk in upstream.chunks:
+                await _write(response, tee.feed(chunk))
             await _write(response, tee.flush())
+        except asyncio.CancelledError as e:
+            if not absorb(e, EXPIRED):
+                raise
+            error = _too_long(target)
         except (TimeoutError, aiohttp.ClientError, UpstreamError) as e:
-            error: ProxyError = (
-                UpstreamTimeout(f"target {target.name!r} took longer than its total timeout "
-                                f"({target.timeouts.total:g} s); the answer is cut short.")
-                if isinstance(e, TimeoutError) else
-                UpstreamError(f"target {target.name!r} failed in the middle of the answer: "
-                              f"{_failure(target, e).message}")
-            )
+            error = _too_long(target) if isinstance(e, TimeoutError) else UpstreamError(
+                f"target {target.name!r} failed in the middle of the answer: "
+                f"{_failure(target, e).message}")
+        finally:
+            gateway.in_flight.clear(task)
+        if error is not None:
             row.error = error.code
             gateway.metrics.upstream_error(call.model, target.name, "midstream")
             await response.write(sse_error(error))
@@ -273,7 +329,7 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
     except ConnectionResetError:
         row.status, row.error = 499, "client_disconnected"
     except asyncio.CancelledError as e:
-        if not _absorb_shutdown(e):
+        if not absorb(e, SHUTTING_DOWN):
             raise
         row.error = "gateway_shutting_down"
         with contextlib.suppress(ConnectionResetError):
@@ -288,20 +344,14 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
     return response
 
 
+def _too_long(target: Target) -> UpstreamTimeout:
+    return UpstreamTimeout(f"target {target.name!r} took longer than its total timeout "
+                           f"({target.timeouts.total:g} s); the answer is cut short.")
+
+
 async def _write(response: web.StreamResponse, data: bytes) -> None:
     if data:
         await response.write(data)
-
-
-def _absorb_shutdown(cancel: asyncio.CancelledError) -> bool:
-    """If ``cancel`` is how the gateway ends requests at shutdown, absorb it (the task carries
-    on, to answer with an error) and return True; any other cancellation is left alone."""
-    if cancel.args[:1] != (SHUTTING_DOWN,):
-        return False
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
-    return True
 
 
 def _remaining(started: float, target: Target) -> float:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from . import inference, models, ops
+from .errors import openai_errors, unknown_route, wrong_method
 
 __all__ = ["setup_routes"]
 
@@ -14,14 +15,19 @@ PINNED = "/resource_server/{cluster}/{framework}/v1"
 
 
 def setup_routes(app: web.Application) -> None:
+    """Every route; then, on each path, a 405 for the other methods, and a 404 for any other path."""
     router = app.router
     for prefix in (*PREFIXES, PINNED):
         for endpoint, handler in inference.HANDLERS.items():
             router.add_post(f"{prefix}/{endpoint}", handler)
     for prefix in PREFIXES:
-        router.add_get(f"{prefix}/models", models.list_models)
-        router.add_get(prefix + "/models/{model:.+}", models.get_model)
-    router.add_get("/health", ops.health)
-    router.add_get("/metrics", ops.metrics)
-    router.add_get("/status", ops.status)
-    router.add_get("/resource_server/status", ops.status)
+        router.add_get(f"{prefix}/models", openai_errors(models.list_models))
+        router.add_get(prefix + "/models/{model:.+}", openai_errors(models.get_model))
+    router.add_get("/health", openai_errors(ops.health))
+    router.add_get("/metrics", openai_errors(ops.metrics))
+    router.add_get("/status", openai_errors(ops.status))
+    router.add_get("/resource_server/status", openai_errors(ops.status))
+    for resource in router.resources():
+        if isinstance(resource, web.Resource):
+            resource.add_route(hdrs.METH_ANY, wrong_method(route.method for route in resource))
+    router.add_route(hdrs.METH_ANY, "/{path:.*}", unknown_route)

@@ -1,0 +1,62 @@
+"""Errors in OpenAI's shape on every route: failing handlers, unknown paths, wrong methods.
+
+There is no middleware: each handler answers its own errors, which keeps two coroutine
+layers off every request. The inference handlers do it inline (:func:`first_proxy.routing.proxy`);
+the others are wrapped in :func:`openai_errors`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from typing import NoReturn
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import MethodNotAllowed, NotFound, ProxyError, internal_error
+from ..routing import request_id
+
+__all__ = ["openai_errors", "unknown_route", "wrong_method"]
+
+log = logging.getLogger("first_proxy")
+
+
+def openai_errors(handler: Handler) -> Handler:
+    """``handler``, with every error it raises answered in OpenAI's shape and every answer
+    tagged with the request id."""
+
+    @functools.wraps(handler)
+    async def handle(request: web.Request) -> web.StreamResponse:
+        rid = request_id(request)
+        try:
+            response = await handler(request)
+        except ProxyError as e:
+            return e.response(rid)
+        except Exception:
+            log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
+                          rid)
+            return internal_error(rid).response(rid)
+        response.headers["X-Request-Id"] = rid
+        return response
+
+    return handle
+
+
+@openai_errors
+async def unknown_route(request: web.Request) -> NoReturn:
+    raise NotFound(f"There is no route {request.method} {request.path}. The API lives under "
+                   "/v1/ (chat/completions, completions, embeddings, models).", code="unknown_route")
+
+
+def wrong_method(allowed: Iterable[str]) -> Handler:
+    """The handler answering any method other than ``allowed`` on a path: a 405."""
+    allow = ", ".join(sorted(allowed))
+
+    @openai_errors
+    async def method_not_allowed(request: web.Request) -> NoReturn:
+        raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allow}.",
+                               headers={"Allow": allow})
+
+    return method_not_allowed
