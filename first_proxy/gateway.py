@@ -66,7 +66,9 @@ class Gateway:
             session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=target.timeouts.connect),
+                # Bodies are passed on as they come, so they must come uncompressed.
                 auto_decompress=False,
+                headers={"Accept-Encoding": "identity"},
                 skip_auto_headers=("User-Agent",),
                 # An upstream's cookies must not be kept and sent on behalf of other callers.
                 cookie_jar=aiohttp.DummyCookieJar(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from types import MappingProxyType
 
 from aiohttp import web
 
@@ -17,7 +18,16 @@ _STATE = "first_proxy.api_keys"
 
 @hookimpl(trylast=True)
 def startup(gateway: Gateway) -> None:
-    gateway.state[_STATE] = {key.sha256: key for key in gateway.config.auth.api_keys}
+    # Each key's identity is made once: an Identity is immutable, so every request shares it.
+    gateway.state[_STATE] = {key.sha256: (key, _identity(key)) for key in gateway.config.auth.api_keys}
+
+
+def _identity(key: ApiKey) -> Identity:
+    extra: dict[str, object] = {"auth": "api_key"}
+    if key.requests_per_minute is not None:
+        extra["requests_per_minute"] = key.requests_per_minute
+    return Identity(user_id=f"key:{key.name}", username=key.name, groups=key.groups,
+                    idp="api_key", extra=MappingProxyType(extra))
 
 
 @hookimpl(trylast=True)
@@ -25,17 +35,13 @@ def authenticate(request: web.Request, gateway: Gateway) -> Identity | None:
     token = bearer_token(request)
     if token is None:
         return None
-    keys: dict[str, ApiKey] = gateway.state.get(_STATE, {})
+    keys: dict[str, tuple[ApiKey, Identity]] = gateway.state.get(_STATE, {})
     digest = hashlib.sha256(token.encode()).hexdigest()
     # Look up by digest, then confirm in constant time: nothing about the key leaks by timing.
-    key = keys.get(digest)
-    if key is None or not hmac.compare_digest(key.sha256, digest):
+    found = keys.get(digest)
+    if found is None or not hmac.compare_digest(found[0].sha256, digest):
         return None
-    extra = {"auth": "api_key"}
-    if key.requests_per_minute is not None:
-        extra["requests_per_minute"] = key.requests_per_minute
-    return Identity(user_id=f"key:{key.name}", username=key.name, groups=key.groups,
-                    idp="api_key", extra=extra)
+    return found[1]
 
 
 def bearer_token(request: web.Request) -> str | None:

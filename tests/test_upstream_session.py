@@ -1,0 +1,83 @@
+"""What the gateway's shared upstream sessions keep to themselves: compression and cookies.
+
+The upstream here is a plain aiohttp server that does what commercial APIs do: it compresses
+whatever the client accepts, and sets a cookie.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend
+
+MODEL = "reference-model"
+ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "model": MODEL,
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi " * 200},
+                       "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 7, "completion_tokens": 200, "total_tokens": 207}}
+
+
+@pytest.fixture
+async def chatty_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """An upstream that gzips what it may and sets a session cookie; yields (url, headers seen)."""
+    seen: list[dict[str, str]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        response = web.json_response(ANSWER)
+        response.set_cookie("upstream_session", "for-the-first-caller-only")
+        response.enable_compression()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    # A host name, not an address: cookie jars keep no cookies for bare IP addresses.
+    yield f"http://localhost:{port}/v1", seen
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def server(make_gateway, chatty_upstream) -> GatewayServer:  # type: ignore[no-untyped-def]
+    url, _ = chatty_upstream
+    return await make_gateway({"models": {MODEL: {"targets": [
+        {"name": "chatty", "backend": "reference", "url": url}]}}}, plugins=[ReferenceBackend()])
+
+
+async def ask(server: GatewayServer) -> aiohttp.ClientResponse:
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            f"{server.base_url}/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {TEST_KEY}", "Accept-Encoding": "gzip"})
+        await response.read()
+        return response
+
+
+async def test_the_upstream_is_asked_for_an_uncompressed_answer(server: GatewayServer,
+                                                               chatty_upstream) -> None:  # type: ignore[no-untyped-def]
+    response = await ask(server)
+    assert response.status == 200
+    assert orjson.loads(await response.read()) == ANSWER
+    _, seen = chatty_upstream
+    assert seen[-1]["Accept-Encoding"] == "identity"
+    row = await server.log_row(response.headers["X-Request-Id"])
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (7, 200)
+
+
+async def test_an_upstream_cookie_is_never_sent_back(server: GatewayServer,
+                                                      chatty_upstream) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(2):
+        assert (await ask(server)).status == 200
+    _, seen = chatty_upstream
+    assert len(seen) == 2
+    assert all("Cookie" not in headers for headers in seen)
