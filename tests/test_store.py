@@ -90,6 +90,23 @@ async def test_newest_first_and_limit(store_url: str) -> None:
     assert [r["request_id"] for r in everything] == [f"req-{i}" for i in (6, 5, 4, 3, 2, 1, 0)]
 
 
+@pytest.mark.parametrize("sizes", [(0, 1, 49), (50, 51), (137, 100, 3)])
+async def test_batches_of_any_size_are_written_whole(store_url: str, sizes: tuple[int, ...]) -> None:
+    # Stores may write a batch in pieces (SQLite: statements of a fixed number of rows, then
+    # the rest one by one); every row must arrive once, with its own values.
+    store = await open_store(store_url)
+    written: list[RequestRecord] = []
+    try:
+        for size in sizes:
+            batch = [full_row(len(written) + i, 1000.0 + len(written) + i) for i in range(size)]
+            await store.insert_requests(batch)
+            written.extend(batch)
+        rows = await store.recent_requests(limit=1000)
+    finally:
+        await store.close()
+    assert rows == [row.as_dict() for row in reversed(written)]
+
+
 async def test_sqlite_store_creates_its_directory(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "deeper" / "still" / "log.db"
     store = await open_store(f"sqlite:///{path}")

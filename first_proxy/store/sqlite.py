@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import operator
-import sqlite3
 from collections.abc import Sequence
-from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -18,15 +16,13 @@ from .schema import COLUMN_LIST, MIGRATIONS
 __all__ = ["SQLiteStore"]
 
 _ROW = f"({', '.join('?' for _ in COLUMNS)})"
-#: Rows per INSERT: one statement for many rows costs far less than one per row. SQLite
-#: before 3.32 allows 999 parameters per statement, later versions 32766.
-_ROWS_PER_INSERT = 500 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999 // len(COLUMNS)
+#: Rows go in as statements of ``_CHUNK`` rows each, the rest one by one: every statement is
+#: then prepared once and reused, where an INSERT sized to each batch would be compiled anew
+#: for most batches. 50 rows keep under the 999 parameters older SQLite versions allow.
+_CHUNK = 50
+_INSERT_ONE = f"INSERT INTO requests ({COLUMN_LIST}) VALUES {_ROW}"
+_INSERT_CHUNK = f"INSERT INTO requests ({COLUMN_LIST}) VALUES {', '.join([_ROW] * _CHUNK)}"
 _values = operator.attrgetter(*COLUMNS)
-
-
-@lru_cache(maxsize=16)
-def _insert(rows: int) -> str:
-    return f"INSERT INTO requests ({COLUMN_LIST}) VALUES {', '.join([_ROW] * rows)}"
 
 
 class SQLiteStore:
@@ -64,9 +60,13 @@ class SQLiteStore:
 
     async def insert_requests(self, rows: Sequence[RequestRecord]) -> None:
         db = self._require()
-        for i in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[i : i + _ROWS_PER_INSERT]
-            await db.execute(_insert(len(chunk)), list(chain.from_iterable(map(_values, chunk))))
+        values = list(map(_values, rows))
+        whole = len(values) - len(values) % _CHUNK
+        if whole:
+            await db.executemany(_INSERT_CHUNK, [tuple(chain.from_iterable(values[i : i + _CHUNK]))
+                                                 for i in range(0, whole, _CHUNK)])
+        if whole < len(values):
+            await db.executemany(_INSERT_ONE, values[whole:])
         await db.commit()
 
     async def recent_requests(self, limit: int = 50) -> list[dict[str, Any]]:
