@@ -44,41 +44,46 @@ def _awaitable(value: Any) -> bool:
 
 
 class _Caller:
-    """Calls one hook's implementations, each with only the arguments it asks for."""
+    """Calls one hook's implementations, each with only the arguments it asks for.
+
+    The arguments come positionally, in the hookspec's order; an implementation that takes
+    them all, in that order, is called with them as they are.
+    """
 
     def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
+        hook = getattr(pm.hook, name)
         # pluggy calls the last registered first; wrappers are for pluggy's own calls only.
-        impls = [impl for impl in reversed(getattr(pm.hook, name).get_hookimpls())
+        impls = [impl for impl in reversed(hook.get_hookimpls())
                  if not (impl.hookwrapper or impl.wrapper)]
-        # What the request path runs: each function, how to pick its arguments out of the
-        # keyword arguments, and whether it is ``async def`` (its result is then surely awaited).
-        self._calls = [(impl.function, _picker(impl.argnames),
+        # What the request path runs: each function, how to pick its arguments (None: take
+        # them all), and whether it is ``async def`` (its result is then surely awaited).
+        self._calls = [(impl.function, _picker(hook.spec.argnames, impl.argnames),
                         inspect.iscoroutinefunction(impl.function)) for impl in impls]
 
-    async def first(self, **kwargs: Any) -> Any:
+    async def first(self, *args: Any) -> Any:
         for function, pick, is_async in self._calls:
-            result = function(*pick(kwargs))
+            result = function(*args) if pick is None else function(*pick(args))
             if is_async or (result is not None and _awaitable(result)):
                 result = await result
             if result is not None:
                 return result
         return None
 
-    async def all(self, **kwargs: Any) -> list[Any]:
+    async def all(self, *args: Any) -> list[Any]:
         results = []
         for function, pick, is_async in self._calls:
-            result = function(*pick(kwargs))
+            result = function(*args) if pick is None else function(*pick(args))
             if is_async or (result is not None and _awaitable(result)):
                 result = await result
             if result is not None:
                 results.append(result)
         return results
 
-    async def first_of_all(self, **kwargs: Any) -> Any:
+    async def first_of_all(self, *args: Any) -> Any:
         """Call every implementation; the first answer that is not None."""
         found = None
         for function, pick, is_async in self._calls:
-            result = function(*pick(kwargs))
+            result = function(*args) if pick is None else function(*pick(args))
             if is_async or (result is not None and _awaitable(result)):
                 result = await result
             if found is None:
@@ -86,14 +91,19 @@ class _Caller:
         return found
 
 
-def _picker(argnames: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A function that takes ``argnames`` out of a keyword-argument dict, in order."""
-    if not argnames:
-        return lambda kwargs: ()
-    if len(argnames) == 1:
-        name = argnames[0]
-        return lambda kwargs: (kwargs[name],)
-    return operator.itemgetter(*argnames)
+def _picker(spec: Sequence[str],
+            wanted: Sequence[str]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]] | None:
+    """A function that picks ``wanted`` out of arguments given in ``spec``'s order; None
+    when ``wanted`` is all of them, in that order."""
+    if tuple(wanted) == tuple(spec):
+        return None
+    positions = [spec.index(name) for name in wanted]
+    if not positions:
+        return lambda args: ()
+    if len(positions) == 1:
+        at = positions[0]
+        return lambda args: (args[at],)
+    return operator.itemgetter(*positions)
 
 
 class Hooks:
@@ -111,36 +121,31 @@ class Hooks:
 
     async def startup(self) -> None:
         # One plugin after another: each is started (awaited) before the next is called.
-        await _Caller(self.pm, "startup").all(gateway=self.gateway)
+        await _Caller(self.pm, "startup").all(self.gateway)
 
     async def shutdown(self) -> None:
-        await _Caller(self.pm, "shutdown").all(gateway=self.gateway)
+        await _Caller(self.pm, "shutdown").all(self.gateway)
 
     # The request-path hooks hand back their caller's coroutine rather than wrap it in one
     # more: the result is awaited just the same.
 
     def authenticate(self, request: web.Request) -> Awaitable[Identity | None]:
-        return self._authenticate.first(request=request, gateway=self.gateway)
+        return self._authenticate.first(request, self.gateway)
 
     def authorize(self, identity: Identity, model: str,
                   target: Target | None) -> Awaitable[Denial | None]:
-        return self._authorize.first_of_all(
-            identity=identity, model=model, target=target, gateway=self.gateway
-        )
+        return self._authorize.first_of_all(identity, model, target, self.gateway)
 
     def check_limits(self, identity: Identity, model: str) -> Awaitable[Denial | None]:
-        return self._limits.first_of_all(identity=identity, model=model, gateway=self.gateway)
+        return self._limits.first_of_all(identity, model, self.gateway)
 
-    async def select_target(
-        self, model: str, candidates: Sequence[Target], statuses: Mapping[str, Status]
-    ) -> Sequence[Target]:
-        ordered = await self._select.first(
-            model=model, candidates=candidates, statuses=statuses, gateway=self.gateway
-        )
-        return list(candidates) if ordered is None else ordered
+    def select_target(self, model: str, candidates: Sequence[Target],
+                      statuses: Mapping[str, Status]) -> Awaitable[Sequence[Target] | None]:
+        """The order to try ``candidates`` in; None when no plugin chose (keep theirs)."""
+        return self._select.first(model, candidates, statuses, self.gateway)
 
     def dispatch(self, target: Target, call: Call) -> Awaitable[UpstreamResponse | None]:
-        return self._dispatch.first(target=target, call=call, gateway=self.gateway)
+        return self._dispatch.first(target, call, self.gateway)
 
     async def report_status(self, target: Target) -> Status | None:
-        return await self._report.first(target=target, gateway=self.gateway)
+        return await self._report.first(target, self.gateway)

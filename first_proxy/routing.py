@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -100,12 +101,13 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     """
     gateway = request.app[GATEWAY]
     started = time.perf_counter()
-    row = RequestRecord(ts=time.time(), request_id=request_id(request), endpoint=endpoint)
+    row = RequestRecord(time.time(), request_id(request), endpoint)
     task = asyncio.current_task()
     assert task is not None
     gateway.in_flight.add(task)
     try:
-        response = await _proxy(request, gateway, endpoint, row, started, task)
+        call, ordered = await _prepare(request, gateway, endpoint, row)
+        response = await _forward(request, gateway, call, ordered, row, started, task)
         row.status = row.status or response.status
         return response
     except ProxyError as e:
@@ -134,8 +136,9 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
         gateway.record(row)
 
 
-async def _proxy(request: web.Request, gateway: Gateway, endpoint: str, row: RequestRecord,
-                 started: float, task: asyncio.Task) -> web.StreamResponse:
+async def _prepare(request: web.Request, gateway: Gateway, endpoint: str,
+                   row: RequestRecord) -> tuple[Call, Sequence[Target]]:
+    """Who calls, what they ask, whether they may: the call and the targets to try, in order."""
     identity = await authenticate(request, gateway)
     row.user = identity.user_id
     try:
@@ -179,6 +182,8 @@ async def _proxy(request: web.Request, gateway: Gateway, endpoint: str, row: Req
     if not allowed:
         raise denial_error(refusal) if refusal else NoTargetAvailable(f"{name!r} has no target")
     ordered = await gateway.hooks.select_target(name, allowed, gateway.statuses)
+    if ordered is None:
+        ordered = allowed
     if not ordered:
         raise NoTargetAvailable(
             f"No target for {name!r} is available right now. Try again in a minute; "
@@ -190,7 +195,7 @@ async def _proxy(request: web.Request, gateway: Gateway, endpoint: str, row: Req
     row.stream = call.stream
     if gateway.config.request_log.include_prompts:
         row.prompt = raw.decode("utf-8", "replace")
-    return await _forward(request, gateway, call, ordered, row, started, task)
+    return call, ordered
 
 
 @dataclass(slots=True)
@@ -200,7 +205,7 @@ class _Failure:
     message: str
 
 
-async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: list[Target],
+async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: Sequence[Target],
                    row: RequestRecord, started: float, task: asyncio.Task) -> web.StreamResponse:
     failures: list[_Failure] = []
     for target in ordered:

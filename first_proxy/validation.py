@@ -20,12 +20,12 @@ ENDPOINTS: dict[str, tuple[str, tuple[type, ...], str]] = {
 
 def parse_request(raw: bytes, endpoint: str) -> dict[str, Any]:
     """The body as a dict, or a 400 saying what to fix. Unknown fields are left alone."""
-    if not raw.strip():
-        raise BadRequest("The request body is empty: send a JSON object with at least 'model'.",
-                         code="invalid_json")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
+        if not raw.strip():
+            raise BadRequest("The request body is empty: send a JSON object with at least "
+                             "'model'.", code="invalid_json") from None
         raise BadRequest(f"The request body is not valid JSON ({e}).", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
