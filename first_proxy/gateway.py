@@ -48,6 +48,8 @@ class Gateway:
         self.in_flight = InFlight()
         self.metrics.in_flight.set_function(lambda: len(self.in_flight))
         self._closing: asyncio.Task[None] | None = None
+        #: The event loop the gateway serves on, once started.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- what plugins use ---------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class Gateway:
     # -- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         problems = check_wiring(self.config, self.pm)
         if problems:
             raise ConfigError(self.config.source, problems)

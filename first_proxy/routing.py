@@ -102,7 +102,8 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     started = time.perf_counter()
     row = RequestRecord(time.time(), request_id(request), endpoint)
-    task = asyncio.current_task()
+    # Given the loop, current_task() skips finding the running loop, a system call (getpid).
+    task = asyncio.current_task(gateway.loop)
     assert task is not None
     gateway.in_flight.add(task)
     try:
