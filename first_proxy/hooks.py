@@ -46,12 +46,15 @@ def _awaitable(value: Any) -> bool:
 class _Caller:
     """Calls one hook's implementations, each with only the arguments it asks for.
 
-    The arguments come positionally, in the hookspec's order; an implementation that takes
-    them all, in that order, is called with them as they are.
+    Every hook the core calls this way takes ``gateway`` last: the caller is made for one
+    gateway and adds it. The other arguments come positionally, in the hookspec's order; an
+    implementation that takes them all, in that order, is called with them as they are.
     """
 
-    def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
+    def __init__(self, pm: pluggy.PluginManager, name: str, gateway: Gateway) -> None:
         hook = getattr(pm.hook, name)
+        assert hook.spec.argnames[-1] == "gateway", name
+        self._gateway = gateway
         # pluggy calls the last registered first; wrappers are for pluggy's own calls only.
         impls = [impl for impl in reversed(hook.get_hookimpls())
                  if not (impl.hookwrapper or impl.wrapper)]
@@ -61,8 +64,10 @@ class _Caller:
                         inspect.iscoroutinefunction(impl.function)) for impl in impls]
 
     async def first(self, *args: Any) -> Any:
+        """The first answer that is not None; later implementations are not called."""
+        gateway = self._gateway
         for function, pick, is_async in self._calls:
-            result = function(*args) if pick is None else function(*pick(args))
+            result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
             if is_async or (result is not None and _awaitable(result)):
                 result = await result
             if result is not None:
@@ -70,9 +75,11 @@ class _Caller:
         return None
 
     async def all(self, *args: Any) -> list[Any]:
+        """Every answer that is not None, calling one implementation after another."""
+        gateway = self._gateway
         results = []
         for function, pick, is_async in self._calls:
-            result = function(*args) if pick is None else function(*pick(args))
+            result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
             if is_async or (result is not None and _awaitable(result)):
                 result = await result
             if result is not None:
@@ -81,9 +88,10 @@ class _Caller:
 
     async def first_of_all(self, *args: Any) -> Any:
         """Call every implementation; the first answer that is not None."""
+        gateway = self._gateway
         found = None
         for function, pick, is_async in self._calls:
-            result = function(*args) if pick is None else function(*pick(args))
+            result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
             if is_async or (result is not None and _awaitable(result)):
                 result = await result
             if found is None:
@@ -107,45 +115,40 @@ def _picker(spec: Sequence[str],
 
 
 class Hooks:
-    """The combination rules of each hook, in one place."""
+    """The combination rules of each hook, in one place.
+
+    The request-path hooks are the callers' own methods, bound: one call less per hook on
+    every request. Each takes the hookspec's arguments but ``gateway``, and returns a
+    coroutine.
+    """
 
     def __init__(self, pm: pluggy.PluginManager, gateway: Gateway) -> None:
         self.pm = pm
         self.gateway = gateway
-        self._authenticate = _Caller(pm, "authenticate")
-        self._authorize = _Caller(pm, "authorize")
-        self._limits = _Caller(pm, "check_limits")
-        self._select = _Caller(pm, "select_target")
-        self._dispatch = _Caller(pm, "dispatch")
-        self._report = _Caller(pm, "report_status")
+        #: ``authenticate(request)``: the first identity a plugin finds, or None.
+        self.authenticate: Callable[[web.Request], Awaitable[Identity | None]] = \
+            _Caller(pm, "authenticate", gateway).first
+        #: ``authorize(identity, model, target)``: every plugin is asked; any denial wins.
+        self.authorize: Callable[[Identity, str, Target | None], Awaitable[Denial | None]] = \
+            _Caller(pm, "authorize", gateway).first_of_all
+        #: ``check_limits(identity, model)``: every plugin is asked; any denial wins.
+        self.check_limits: Callable[[Identity, str], Awaitable[Denial | None]] = \
+            _Caller(pm, "check_limits", gateway).first_of_all
+        #: ``select_target(model, candidates, statuses)``: the first plugin's order, or None
+        #: when no plugin chose (keep the candidates' own order).
+        self.select_target: Callable[[str, Sequence[Target], Mapping[str, Status]],
+                                     Awaitable[Sequence[Target] | None]] = \
+            _Caller(pm, "select_target", gateway).first
+        #: ``dispatch(target, call)``: the answer of the first plugin that takes the target.
+        self.dispatch: Callable[[Target, Call], Awaitable[UpstreamResponse | None]] = \
+            _Caller(pm, "dispatch", gateway).first
+        #: ``report_status(target)``: the first plugin's status of the target, or None.
+        self.report_status: Callable[[Target], Awaitable[Status | None]] = \
+            _Caller(pm, "report_status", gateway).first
 
     async def startup(self) -> None:
         # One plugin after another: each is started (awaited) before the next is called.
-        await _Caller(self.pm, "startup").all(self.gateway)
+        await _Caller(self.pm, "startup", self.gateway).all()
 
     async def shutdown(self) -> None:
-        await _Caller(self.pm, "shutdown").all(self.gateway)
-
-    # The request-path hooks hand back their caller's coroutine rather than wrap it in one
-    # more: the result is awaited just the same.
-
-    def authenticate(self, request: web.Request) -> Awaitable[Identity | None]:
-        return self._authenticate.first(request, self.gateway)
-
-    def authorize(self, identity: Identity, model: str,
-                  target: Target | None) -> Awaitable[Denial | None]:
-        return self._authorize.first_of_all(identity, model, target, self.gateway)
-
-    def check_limits(self, identity: Identity, model: str) -> Awaitable[Denial | None]:
-        return self._limits.first_of_all(identity, model, self.gateway)
-
-    def select_target(self, model: str, candidates: Sequence[Target],
-                      statuses: Mapping[str, Status]) -> Awaitable[Sequence[Target] | None]:
-        """The order to try ``candidates`` in; None when no plugin chose (keep theirs)."""
-        return self._select.first(model, candidates, statuses, self.gateway)
-
-    def dispatch(self, target: Target, call: Call) -> Awaitable[UpstreamResponse | None]:
-        return self._dispatch.first(target, call, self.gateway)
-
-    async def report_status(self, target: Target) -> Status | None:
-        return await self._report.first(target, self.gateway)
+        await _Caller(self.pm, "shutdown", self.gateway).all()

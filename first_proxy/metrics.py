@@ -29,6 +29,8 @@ class Metrics:
         #: Requests, latency, time to first token and tokens: counted on every request.
         self.per_request = _RequestStats(_LATENCY_BUCKETS)
         r.register(self.per_request)
+        #: ``observe(row)`` counts one finished request (the per-request series' own method).
+        self.observe = self.per_request.observe
         self.upstream_errors = Counter(
             "first_proxy_upstream_errors", "Failed attempts to reach a target (each one failed over).",
             ("model", "target", "kind"), registry=r)
@@ -41,10 +43,6 @@ class Metrics:
         self.log_dropped = Counter(
             "first_proxy_request_log_dropped", "Log rows dropped because the store was unreachable "
             "for too long.", registry=r)
-
-    def observe(self, row: RequestRecord) -> None:
-        """Count one finished request."""
-        self.per_request.observe(row)
 
     def upstream_error(self, model: str, target: str, kind: str) -> None:
         self.upstream_errors.labels(model, target, kind).inc()

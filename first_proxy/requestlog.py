@@ -58,6 +58,7 @@ class RequestLog:
         self.config = config
         self.metrics = metrics
         self._rows: list[RequestRecord] = []
+        self._batch_size = config.batch_size
         self._wake = asyncio.Event()
         # One flush at a time: two would write the same batch and then delete twice.
         self._flushing = asyncio.Lock()
@@ -68,8 +69,9 @@ class RequestLog:
         self._task = asyncio.create_task(self._run(), name="first-proxy-request-log")
 
     def add(self, row: RequestRecord) -> None:
-        self._rows.append(row)
-        if len(self._rows) >= self.config.batch_size:
+        rows = self._rows
+        rows.append(row)
+        if len(rows) >= self._batch_size:
             self._wake.set()
 
     @property

@@ -220,7 +220,8 @@ async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: 
                 upstream = await gateway.hooks.dispatch(target, call)
                 if upstream is None:
                     raise UpstreamError(f"no plugin dispatched backend {target.backend!r}")
-                if upstream.chunks is not None and not _retryable(upstream.status):
+                if upstream.chunks is not None and not (upstream.status == 429
+                                                        or upstream.status >= 500):
                     first = await next_chunk(upstream.chunks)
             finally:
                 gateway.in_flight.clear(task)
@@ -242,7 +243,7 @@ async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: 
             if upstream is not None:
                 await upstream.aclose()
             raise
-        if _retryable(upstream.status):
+        if upstream.status == 429 or upstream.status >= 500:  # the next target may do better
             failures.append(_Failure(
                 target, "busy" if upstream.status == 429 else "status",
                 f"HTTP {upstream.status}: {target.redact(_upstream_message(upstream.body))}"))
@@ -254,11 +255,6 @@ async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: 
                                  task)
         return _answer(upstream, target, row)
     raise _exhausted(call.model, failures)
-
-
-def _retryable(status: int) -> bool:
-    """A status that makes the call move on to the next target."""
-    return status == 429 or status >= 500
 
 
 def _failure(target: Target, error: BaseException) -> _Failure:

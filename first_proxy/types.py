@@ -76,11 +76,12 @@ class Target:
     stream_usage: bool = True
     #: Backend-specific settings: every key of the target the core does not know.
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: A name unique across the gateway: ``model/target``.
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        """A name unique across the gateway: ``model/target``."""
-        return f"{self.model}/{self.name}"
+    def __post_init__(self) -> None:
+        # Made once: the request path looks targets up by key.
+        object.__setattr__(self, "key", f"{self.model}/{self.name}")
 
     def redact(self, text: str) -> str:
         """``text`` without this target's key, URL or host, fit to show callers."""
