@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -47,10 +46,14 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
 
 
 class RequestLog:
-    """A buffer of rows flushed to the store every ``flush_interval`` or ``batch_size`` rows.
+    """A buffer of rows written to the store in batches of ``batch_size`` rows, as soon as
+    one is full, and whatever is there every ``flush_interval``.
 
-    While the store is unreachable rows stay buffered (up to ``max_buffer``) and are retried;
-    ``aclose`` writes whatever is left.
+    Under load only whole batches are written: rows that arrive during a write wait for the
+    next batch rather than go out as a small one of their own, which would cost a commit (and
+    rewrite the same database pages) for a handful of rows. While the store is unreachable
+    rows stay buffered (up to ``max_buffer``) and are retried; ``aclose`` writes whatever is
+    left.
     """
 
     def __init__(self, store: Store, config: RequestLogConfig, metrics: Metrics) -> None:
@@ -78,11 +81,13 @@ class RequestLog:
     def pending(self) -> int:
         return len(self._rows)
 
-    async def flush(self) -> bool:
-        """Write everything buffered; False (rows kept) if the store failed."""
+    async def flush(self, *, whole_batches: bool = False) -> bool:
+        """Write everything buffered (with ``whole_batches``, only full batches); False (rows
+        kept) if the store failed."""
         async with self._flushing:
-            while self._rows:
-                batch = self._rows[: self.config.batch_size]
+            size = self._batch_size
+            while len(self._rows) >= (size if whole_batches else 1):
+                batch = self._rows[:size]
                 try:
                     await self.store.insert_requests(batch)
                 except Exception as e:
@@ -103,10 +108,14 @@ class RequestLog:
 
     async def _run(self) -> None:
         while not self._closing:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), self.config.flush_interval)
+            except TimeoutError:
+                whole_batches = False  # the interval is up: write what there is
+            else:
+                whole_batches = True  # a batch is full (or the log is closing)
             self._wake.clear()
-            await self.flush()
+            await self.flush(whole_batches=whole_batches)
 
     async def aclose(self) -> None:
         # Let a write in progress finish rather than cancel it: a cancelled write may still
