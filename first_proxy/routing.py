@@ -220,8 +220,9 @@ async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: 
                 upstream = await gateway.hooks.dispatch(target, call)
                 if upstream is None:
                     raise UpstreamError(f"no plugin dispatched backend {target.backend!r}")
-                if upstream.chunks is not None and not (upstream.status == 429
-                                                        or upstream.status >= 500):
+                # Busy or failing: the next target may do better.
+                retry = upstream.status == 429 or upstream.status >= 500
+                if upstream.chunks is not None and not retry:
                     first = await next_chunk(upstream.chunks)
             finally:
                 gateway.in_flight.clear(task)
@@ -243,7 +244,7 @@ async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: 
             if upstream is not None:
                 await upstream.aclose()
             raise
-        if upstream.status == 429 or upstream.status >= 500:  # the next target may do better
+        if retry:
             failures.append(_Failure(
                 target, "busy" if upstream.status == 429 else "status",
                 f"HTTP {upstream.status}: {target.redact(_upstream_message(upstream.body))}"))
