@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from aiohttp import web
 
@@ -57,9 +55,6 @@ class ProxyError(Exception):
         """This error as the answer to the request ``request_id``."""
         return web.Response(body=self.body(), status=self.status, content_type="application/json",
                             headers={**self.headers, "X-Request-Id": request_id})
-
-    def as_dict(self) -> dict[str, Any]:
-        return orjson.loads(self.body())
 
 
 class BadRequest(ProxyError):
