@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,12 @@ from first_proxy import AuthenticationError, Call, Gateway, Status, Target, hook
 from first_proxy.testing import (
     TEST_KEY,
     GatewayServer,
+    MakeGateway,
     ReferenceBackend,
     ReferenceUpstream,
     api_keys,
 )
 
-MakeGateway = Callable[..., Awaitable[GatewayServer]]
 MODEL = "reference-model"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}]}
 ADMIN_KEY = "sk-admin-0123456789"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -15,12 +15,12 @@ from first_proxy import Call, Target, hookimpl
 from first_proxy.testing import (
     TEST_KEY,
     GatewayServer,
+    MakeGateway,
     ReferenceBackend,
     ReferenceUpstream,
     api_keys,
 )
 
-MakeGateway = Callable[..., Awaitable[GatewayServer]]
 MODEL = "reference-model"
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 ADMIN_KEY = "sk-admin-0123456789"

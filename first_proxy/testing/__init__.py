@@ -19,6 +19,7 @@ from .waiting import eventually
 __all__ = [
     "TEST_KEY",
     "GatewayServer",
+    "MakeGateway",
     "ReceivedRequest",
     "ReferenceBackend",
     "ReferenceUpstream",
@@ -27,6 +28,9 @@ __all__ = [
     "make_gateway",
     "reference_upstream",
 ]
+
+#: The type of the ``make_gateway`` fixture: ``await make_gateway(config, plugins=[...])``.
+MakeGateway = Callable[..., Awaitable[GatewayServer]]
 
 #: The API key the fixtures' gateways accept, for the user ``tester`` in group ``staff``.
 TEST_KEY = "sk-test-0123456789"
@@ -45,7 +49,7 @@ async def reference_upstream() -> AsyncIterator[ReferenceUpstream]:
 
 
 @pytest.fixture
-async def make_gateway(tmp_path: Any) -> AsyncIterator[Callable[..., Awaitable[GatewayServer]]]:
+async def make_gateway(tmp_path: Any) -> AsyncIterator[MakeGateway]:
     """A factory: ``await make_gateway(config, plugins=[...])`` → a started :class:`GatewayServer`.
 
     The config gets the test key and a SQLite store in ``tmp_path`` unless it sets its own.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,9 @@ from aiohttp import web
 
 from first_proxy.errors import ConfigError
 from first_proxy.plugins import get_plugin_manager, list_plugins
-from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceUpstream
+from first_proxy.testing import TEST_KEY, GatewayServer, MakeGateway, ReferenceUpstream
 from first_proxy.types import Status
 
-MakeGateway = Callable[..., Awaitable[GatewayServer]]
 MODEL = "reference-model"  # what ReferenceUpstream serves
 
 

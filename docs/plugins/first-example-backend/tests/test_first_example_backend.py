@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,7 @@ from first_proxy.cli import cli
 from first_proxy.config import parse_config
 from first_proxy.errors import ConfigError
 from first_proxy.plugins import get_plugin_manager, list_plugins
-from first_proxy.testing import TEST_KEY, GatewayServer, eventually
-
-MakeGateway = Callable[..., Awaitable[GatewayServer]]
+from first_proxy.testing import TEST_KEY, GatewayServer, MakeGateway, eventually
 
 
 async def parrot(make_gateway: MakeGateway, *targets: dict[str, Any],
