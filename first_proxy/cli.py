@@ -87,6 +87,7 @@ async def _serve(config_path: Path, host: str | None, port: int | None, demo: bo
     from aiohttp import web
 
     from .app import create_app
+    from .server import GatewayRunner
 
     upstream = None
     if demo:
@@ -97,8 +98,7 @@ async def _serve(config_path: Path, host: str | None, port: int | None, demo: bo
         click.echo(f"demo upstream: serving demo-model at {upstream.url}")
     try:
         config = _load(config_path)
-        runner = web.AppRunner(create_app(config), handler_cancellation=True,
-                               shutdown_timeout=config.server.shutdown_grace)
+        runner = GatewayRunner(create_app(config))
         await runner.setup()
         _tune_gc()
         try:

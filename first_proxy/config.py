@@ -42,6 +42,14 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     #: Seconds in-flight requests get to finish when the gateway stops.
     shutdown_grace: float = 30.0
+    #: Seconds a request body may take to arrive.
+    body_timeout: float = 30.0
+    #: Seconds a connection may stay idle, or with a request's headers half sent.
+    idle_timeout: float = 60.0
+    #: The ``Server`` header of every answer (aiohttp's own names its version).
+    server_header: str = "first-proxy"
+    #: Name the target that answered in an ``X-First-Target`` header.
+    expose_target: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,9 @@ def parse_config(
     r.known(data, "", {"server", "store", "auth", "limits", "status", "request_log", "plugins",
                        "clusters", "models"})
     server = r.section(data, "server", ServerConfig, {
-        "host": str, "port": int, "max_body_bytes": int, "shutdown_grace": float})
+        "host": str, "port": int, "max_body_bytes": int, "shutdown_grace": float,
+        "body_timeout": float, "idle_timeout": float, "server_header": str,
+        "expose_target": bool})
     if not 0 <= server.port <= 65535:
         r.problem("server.port", f"expected a port number from 0 to 65535, got {server.port}")
     store = r.get(data, "store", str, "", GatewayConfig.store)

@@ -9,11 +9,14 @@ __all__ = [
     "AuthenticationError",
     "BadRequest",
     "ConfigError",
+    "ExpectationFailed",
     "NoTargetAvailable",
     "NotFound",
     "PermissionDenied",
     "ProxyError",
     "RateLimited",
+    "RequestTimeout",
+    "RequestTooLarge",
     "UpstreamError",
     "UpstreamTimeout",
     "error_body",
@@ -32,6 +35,8 @@ class ProxyError(Exception):
     status = 500
     type = "server_error"
     code: str | None = "internal_error"
+    #: Close the connection after answering (the rest of the request cannot be read).
+    close_connection = False
 
     def __init__(
         self,
@@ -53,8 +58,12 @@ class ProxyError(Exception):
 
     def response(self, request_id: str) -> web.Response:
         """This error as the answer to the request ``request_id``."""
-        return web.Response(body=self.body(), status=self.status, content_type="application/json",
-                            headers={**self.headers, "X-Request-Id": request_id})
+        response = web.Response(body=self.body(), status=self.status,
+                                content_type="application/json",
+                                headers={**self.headers, "X-Request-Id": request_id})
+        if self.close_connection:
+            response.force_close()
+        return response
 
 
 class BadRequest(ProxyError):
@@ -66,6 +75,16 @@ class BadRequest(ProxyError):
 class MethodNotAllowed(BadRequest):
     status = 405
     code = "method_not_allowed"
+
+
+class ExpectationFailed(BadRequest):
+    status = 417
+    code = "expectation_failed"
+
+
+class RequestTimeout(BadRequest):
+    status = 408
+    code = "request_timeout"
 
 
 class RequestTooLarge(BadRequest):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import re
 import time
@@ -19,15 +20,19 @@ from dataclasses import dataclass
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .errors import (
     AuthenticationError,
+    BadRequest,
+    ExpectationFailed,
     NoTargetAvailable,
     NotFound,
     PermissionDenied,
     ProxyError,
     RateLimited,
+    RequestTimeout,
     RequestTooLarge,
     UpstreamError,
     UpstreamTimeout,
@@ -36,7 +41,7 @@ from .errors import (
 )
 from .gateway import Gateway
 from .inflight import EXPIRED, SHUTTING_DOWN, absorb
-from .keys import GATEWAY
+from .keys import GATEWAY, IDENTITY
 from .requestlog import RequestRecord
 from .streaming import SSE_HEADERS, UsageTee, next_chunk, sse_error, usage_of
 from .types import Call, Denial, Identity, Target, UpstreamResponse
@@ -78,6 +83,65 @@ async def authenticate(request: web.Request, gateway: Gateway) -> Identity:
         "Check it, or get a new one from your gateway administrator.")
 
 
+async def read_body(request: web.Request, gateway: Gateway) -> bytes:
+    """The request body, within ``server.max_body_bytes`` and ``server.body_timeout``; a 4xx
+    that says what is wrong otherwise (too large, too slow, or not the encoding it claims)."""
+    server = gateway.config.server
+    task = asyncio.current_task(gateway.loop)
+    assert task is not None
+    gateway.in_flight.expire_in(task, server.body_timeout)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(gateway) from None
+    except asyncio.CancelledError as e:
+        if not absorb(e, EXPIRED):
+            raise
+        error: ProxyError = RequestTimeout(
+            f"The request body did not arrive within {server.body_timeout:g} s; send it "
+            "again.")
+    except RequestPayloadError:
+        encoding = request.headers.get("Content-Encoding")
+        error = BadRequest(
+            f"The request body cannot be read as its Content-Encoding ({shown(encoding)}) says; "
+            "send it uncompressed, or compressed as announced." if encoding else
+            "The request body is malformed (a broken chunked encoding); send it again.",
+            code="invalid_body")
+    finally:
+        gateway.in_flight.clear(task)
+    # The rest of the body stays unread: the answer closes the connection.
+    request.content.feed_eof()
+    error.close_connection = True
+    raise error
+
+
+def _too_large(gateway: Gateway) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"The request body is larger than the {gateway.config.server.max_body_bytes} bytes this "
+        "gateway accepts. Send less, or ask the administrator to raise server.max_body_bytes.")
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Answer ``Expect: 100-continue`` only once the declared size and the credential pass,
+    so that a body that would be refused is never sent."""
+    gateway = request.app[GATEWAY]
+    try:
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            raise ExpectationFailed("Only 'Expect: 100-continue' is understood; leave out the "
+                                    "Expect header.")
+        size = request.content_length
+        if size is not None and size > gateway.config.server.max_body_bytes:
+            raise _too_large(gateway)
+        request[IDENTITY] = await authenticate(request, gateway)
+    except ProxyError as e:
+        e.close_connection = True  # the body may follow anyway; it is not read
+        return e.response(request_id(request))
+    if request.version >= HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not begun
+    return None
+
+
 def shown(name: str) -> str:
     """A caller-given name, quoted and cut short, for error messages."""
     return repr(name if len(name) <= 80 else name[:80] + "...")
@@ -86,7 +150,7 @@ def shown(name: str) -> str:
 def denial_error(denial: Denial) -> ProxyError:
     """The ProxyError a Denial becomes: 403, or 429 with Retry-After."""
     if denial.status == 429:
-        headers = ({"Retry-After": str(max(1, round(denial.retry_after)))}
+        headers = ({"Retry-After": str(max(1, math.ceil(denial.retry_after)))}
                    if denial.retry_after is not None else None)
         return RateLimited(denial.reason, code=denial.code, headers=headers)
     error = PermissionDenied(denial.reason, code=denial.code)
@@ -140,15 +204,9 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
 async def _prepare(request: web.Request, gateway: Gateway, endpoint: str,
                    row: RequestRecord) -> tuple[Call, Sequence[Target]]:
     """Who calls, what they ask, whether they may: the call and the targets to try, in order."""
-    identity = await authenticate(request, gateway)
+    identity = request.get(IDENTITY) or await authenticate(request, gateway)
     row.user = identity.user_id
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise RequestTooLarge(
-            f"The request body is larger than the {gateway.config.server.max_body_bytes} bytes "
-            "this gateway accepts. Send less, or ask the administrator to raise "
-            "server.max_body_bytes.") from None
+    raw = await read_body(request, gateway)
     body = parse_request(raw, endpoint)
     name: str = body["model"]
     model = gateway.model(name)
@@ -166,12 +224,15 @@ async def _prepare(request: web.Request, gateway: Gateway, endpoint: str,
     candidates = model.targets
     pin = request.match_info.get("cluster"), request.match_info.get("framework")
     if pin[0] is not None:
-        candidates = tuple(t for t in candidates if (t.cluster, t.framework) == pin)
-        if not candidates:
+        pinned = tuple(t for t in candidates if (t.cluster, t.framework) == pin)
+        if not pinned:
+            places = ", ".join(sorted({f"/resource_server/{t.cluster}/{t.framework}/v1"
+                                       for t in candidates}))
             raise NotFound(
-                f"The model {name!r} is not served on {pin[0]}/{pin[1]}. Drop the cluster and "
-                "framework from the path to let the gateway choose.", code="model_not_found",
-                param="model")
+                f"The model {name!r} is not served on {pin[0]}/{pin[1]}; it is served under "
+                f"{places}. Use one of those, or /v1 to let the gateway choose.",
+                code="model_not_found", param="model")
+        candidates = pinned
     allowed: list[Target] = []
     refusal: Denial | None = None
     for target in candidates:
@@ -220,8 +281,9 @@ async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: 
                 upstream = await gateway.hooks.dispatch(target, call)
                 if upstream is None:
                     raise UpstreamError(f"no plugin dispatched backend {target.backend!r}")
-                # Busy or failing: the next target may do better.
-                retry = upstream.status == 429 or upstream.status >= 500
+                # Busy, failing, or refusing the gateway's own credential: the next
+                # target may do better.
+                retry = upstream.status in _FAIL_OVER or upstream.status >= 500
                 if upstream.chunks is not None and not retry:
                     first = await next_chunk(upstream.chunks)
             finally:
@@ -244,18 +306,45 @@ async def _forward(request: web.Request, gateway: Gateway, call: Call, ordered: 
             if upstream is not None:
                 await upstream.aclose()
             raise
+        if not retry and upstream.chunks is None and upstream.status < 400:
+            retry = not _looks_like_object(upstream.body)
         if retry:
-            failures.append(_Failure(
-                target, "busy" if upstream.status == 429 else "status",
-                f"HTTP {upstream.status}: {target.redact(_upstream_message(upstream.body))}"))
+            failures.append(_retry_failure(target, upstream))
             await upstream.aclose()
             gateway.metrics.upstream_error(call.model, target.name, failures[-1].kind)
             continue
         if upstream.chunks is not None:
             return await _stream(request, gateway, call, target, upstream, first, row, started,
                                  task)
-        return _answer(upstream, target, row)
+        return _answer(gateway, call, upstream, target, row)
     raise _exhausted(call.model, failures)
+
+
+#: Upstream statuses that send the call to the next target: the target refused the gateway's
+#: own credential (a configuration problem the caller cannot fix), or is busy.
+_FAIL_OVER = frozenset({401, 403, 429})
+
+
+def _retry_failure(target: Target, upstream: UpstreamResponse) -> _Failure:
+    status = upstream.status
+    if status == 429:
+        return _Failure(target, "busy", f"HTTP 429: {target.redact(_upstream_message(upstream.body))}")
+    if status in (401, 403):
+        return _Failure(target, "credential", f"HTTP {status}: the target refused the gateway's "
+                                              "credential")
+    if status < 400:
+        return _Failure(target, "invalid", f"HTTP {status} with an answer that is not a JSON "
+                                           "object")
+    return _Failure(target, "status",
+                    f"HTTP {status}: {target.redact(_upstream_message(upstream.body))}")
+
+
+def _looks_like_object(body: bytes | None) -> bool:
+    """Whether a successful answer is a JSON object: an HTML page from a proxy in front of the
+    upstream, a bare string or a cut-off body is the target failing. Only its ends are looked
+    at: an embeddings answer can be megabytes, and the caller's client parses it anyway."""
+    body = body or b""
+    return body[:64].lstrip().startswith(b"{") and body[-64:].rstrip().endswith(b"}")
 
 
 def _failure(target: Target, error: BaseException) -> _Failure:
@@ -282,26 +371,30 @@ def _exhausted(model: str, failures: list[_Failure]) -> ProxyError:
         "tell your gateway administrator.")
 
 
-def _answer(upstream: UpstreamResponse, target: Target, row: RequestRecord) -> web.Response:
-    body = upstream.body or b""
+def _answer(gateway: Gateway, call: Call, upstream: UpstreamResponse, target: Target,
+            row: RequestRecord) -> web.Response:
     if upstream.status >= 400:
-        body = _as_openai_error(body, upstream.status)
+        body = _as_openai_error(upstream, call, target)
         content_type = "application/json"
     else:
+        body = upstream.body or b""
         usage = usage_of(body)
         if usage:
             _count(row, usage)
         content_type = upstream.content_type or "application/json"
-    return web.Response(body=body, status=upstream.status, headers={
-        "Content-Type": content_type, "X-First-Target": target.name,
-        "X-Request-Id": row.request_id})
+    headers = {"Content-Type": content_type, "X-Request-Id": row.request_id}
+    if gateway.config.server.expose_target:
+        headers["X-First-Target"] = target.name
+    return web.Response(body=body, status=upstream.status, headers=headers)
 
 
 async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Target,
                   upstream: UpstreamResponse, first: bytes, row: RequestRecord,
                   started: float, task: asyncio.Task) -> web.StreamResponse:
-    response = web.StreamResponse(headers={**SSE_HEADERS, "X-First-Target": target.name,
-                                           "X-Request-Id": call.request_id})
+    headers = {**SSE_HEADERS, "X-Request-Id": call.request_id}
+    if gateway.config.server.expose_target:
+        headers["X-First-Target"] = target.name
+    response = web.StreamResponse(headers=headers)
     tee = UsageTee(hide_usage_chunk=call.usage_injected)
     assert upstream.chunks is not None
     try:
@@ -320,8 +413,8 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
             error = _too_long(target)
         except (TimeoutError, aiohttp.ClientError, UpstreamError) as e:
             error = _too_long(target) if isinstance(e, TimeoutError) else UpstreamError(
-                f"target {target.name!r} failed in the middle of the answer: "
-                f"{_failure(target, e).message}")
+                f"The target {target.name!r} broke off in the middle of the answer; send the "
+                "request again.")
         finally:
             gateway.in_flight.clear(task)
         if error is not None:
@@ -368,40 +461,46 @@ def _count(row: RequestRecord, usage: dict) -> None:
     row.completion_tokens = completion if isinstance(completion, int) else None
 
 
+#: OpenAI's error types by status; an upstream's own type is kept only if it is one of them.
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                 403: "permission_error", 404: "invalid_request_error", 429: "rate_limit_error"}
+                 403: "permission_error", 404: "not_found_error", 409: "conflict_error",
+                 413: "invalid_request_error", 422: "invalid_request_error",
+                 429: "rate_limit_error"}
+_OPENAI_TYPES = frozenset({*_STATUS_TYPES.values(), "api_error", "server_error",
+                           "timeout_error"})
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
-def _upstream_message(body: bytes | None) -> str:
-    if not body:
-        return "no details"
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:300].decode("utf-8", "replace").strip() or "no details"
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:300]
-        for key in ("message", "detail", "error"):
-            if isinstance(data.get(key), str):
-                return data[key][:300]
-    return body[:300].decode("utf-8", "replace")
-
-
-def _as_openai_error(body: bytes, status: int) -> bytes:
-    """An upstream's error body in OpenAI's shape (vLLM, for one, puts ``message`` on top)."""
+def _upstream_error(body: bytes | None) -> tuple[str, object, object]:
+    """An upstream error body's message, type and code, from OpenAI's shape or vLLM's (which
+    puts them on top), or the start of the body when it is neither."""
     try:
         data = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         data = None
     if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and "message" in error:
-            return body
-        type_ = data.get("type") if isinstance(data.get("type"), str) else None
-        code = data.get("code")
-    else:
-        type_ = code = None
-    return error_body(_upstream_message(body), type_ or _STATUS_TYPES.get(status, "api_error"),
-                      code if isinstance(code, (str, int)) else status)
+        inner = data.get("error")
+        found = inner if isinstance(inner, dict) else data
+        for key in ("message", "detail", "error"):
+            if isinstance(found.get(key), str):
+                return found[key][:300], found.get("type"), found.get("code")
+        return "no details", found.get("type"), found.get("code")
+    text = (body or b"")[:300].decode("utf-8", "replace").strip()
+    return text or "no details", None, None
+
+
+def _upstream_message(body: bytes | None) -> str:
+    return _upstream_error(body)[0]
+
+
+def _as_openai_error(upstream: UpstreamResponse, call: Call, target: Target) -> bytes:
+    """An upstream's error in OpenAI's shape: an OpenAI type, a string code (or null), and the
+    gateway's model name where the upstream named its own."""
+    message, type_, code = _upstream_error(upstream.body)
+    if target.upstream_model != call.model:
+        message = message.replace(target.upstream_model, call.model)
+    type_ = _STATUS_TYPES.get(upstream.status) or (
+        type_ if type_ in _OPENAI_TYPES else "api_error")
+    if not (isinstance(code, str) and _CODE.fullmatch(code)):
+        code = None
+    return error_body(target.redact(message), str(type_), code)

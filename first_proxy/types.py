@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from .jsonbody import members, set_member
+
 __all__ = [
     "Call",
     "Denial",
@@ -139,22 +141,33 @@ class Call:
     def payload(self, target: Target) -> bytes:
         """The request body for ``target``: its model name, and a usage request when streaming.
 
-        The caller's bytes go out untouched when nothing needs to change.
+        Only those values change; every other byte is the caller's (see
+        :mod:`first_proxy.jsonbody`). The caller's bytes go out untouched when nothing needs
+        to change.
         """
         rename = target.upstream_model != self.model
-        want_usage = self.stream and target.stream_usage and self.endpoint in _USAGE_ENDPOINTS
         options = self.body.get("stream_options")
-        inject = want_usage and not (isinstance(options, dict) and options.get("include_usage"))
+        # A ``stream_options`` that is not an object is the caller's to get wrong: it is
+        # passed on as it is, for the upstream to judge, and no usage is asked for.
+        inject = (self.stream and target.stream_usage and self.endpoint in _USAGE_ENDPOINTS
+                  and (options is None or isinstance(options, dict))
+                  and not (options and options.get("include_usage") is True))
         self.usage_injected = inject
         if not rename and not inject:
             return self.raw
-        body = dict(self.body)
+        if inject and "stream_options" not in self.body and not rename:
+            # The common case needs no walk: add the member before the closing brace.
+            end = self.raw.rindex(b"}")
+            return self.raw[:end] + b', "stream_options": {"include_usage": true}' + self.raw[end:]
+        text = self.raw.decode()
         if rename:
-            body["model"] = target.upstream_model
-        if inject:
-            body["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                      "include_usage": True}
-        return orjson.dumps(body)
+            text = set_member(text, "model", orjson.dumps(target.upstream_model).decode())
+        if inject and isinstance(options, dict):
+            start = next(start for key, start, _ in members(text)[0] if key == "stream_options")
+            text = set_member(text, "include_usage", "true", at=start)
+        elif inject:
+            text = set_member(text, "stream_options", '{"include_usage": true}')
+        return text.encode()
 
 
 _USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})

@@ -7,15 +7,23 @@ from typing import Any
 import orjson
 
 from .errors import BadRequest
+from .jsonbody import duplicate_key
 
 __all__ = ["ENDPOINTS", "parse_request"]
 
-#: Inference endpoints and the field each one cannot do without, with its allowed JSON types.
-ENDPOINTS: dict[str, tuple[str, tuple[type, ...], str]] = {
-    "chat/completions": ("messages", (list,), "a list of messages"),
-    "completions": ("prompt", (str, list), "a string or a list"),
-    "embeddings": ("input", (str, list), "a string or a list"),
+#: Inference endpoints and the field each one reads: whether it is required, its allowed JSON
+#: types, and whether it may be an empty list. What OpenAI's own schema allows passes: a
+#: completion's ``prompt`` may be null or ``[]``.
+ENDPOINTS: dict[str, tuple[str, bool, tuple[type, ...], bool, str]] = {
+    "chat/completions": ("messages", True, (list,), False, "a non-empty list of messages"),
+    "completions": ("prompt", False, (str, list), True, "a string or a list"),
+    "embeddings": ("input", True, (str, list), False, "a string or a non-empty list"),
 }
+
+
+#: A body with more brackets than this is walked whatever its keys, so that one too deep to
+#: edit later (:mod:`first_proxy.jsonbody`) is refused here.
+_WALK_BRACKETS = 900
 
 
 def parse_request(raw: bytes, endpoint: str) -> dict[str, Any]:
@@ -29,6 +37,14 @@ def parse_request(raw: bytes, endpoint: str) -> dict[str, Any]:
         raise BadRequest(f"The request body is not valid JSON ({e}).", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    try:
+        twice = duplicate_key(raw, body, walk=raw.count(b"[") + raw.count(b"{") > _WALK_BRACKETS)
+    except ValueError:  # valid for orjson, but deeper than the gateway can edit
+        raise BadRequest("The request body is nested too deeply to forward; keep it under "
+                         "900 levels.", code="invalid_json") from None
+    if twice is not None:
+        raise BadRequest(f"The request body gives {twice!r} more than once; send each field once.",
+                         code="duplicate_parameter", param=twice)
     model = body.get("model")
     if model is None:
         raise BadRequest("Missing required parameter 'model'. GET /v1/models lists the models.",
@@ -40,13 +56,14 @@ def parse_request(raw: bytes, endpoint: str) -> dict[str, Any]:
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest(f"'stream' must be true or false, not {_json_type(stream)}.",
                          code="invalid_type", param="stream")
-    field, types, expected = ENDPOINTS[endpoint]
+    field, required, types, empty_ok, expected = ENDPOINTS[endpoint]
     value = body.get(field)
     if value is None:
-        raise BadRequest(f"Missing required parameter {field!r}.",
-                         code="missing_required_parameter", param=field)
-    if not isinstance(value, types) or (isinstance(value, list) and not value):
-        raise BadRequest(f"{field!r} must be {expected} and not empty, not {_json_type(value)}.",
+        if required:
+            raise BadRequest(f"Missing required parameter {field!r}.",
+                             code="missing_required_parameter", param=field)
+    elif not isinstance(value, types) or (value == [] and not empty_ok):
+        raise BadRequest(f"{field!r} must be {expected}, not {_json_type(value)}.",
                          code="invalid_type", param=field)
     if stream and endpoint == "embeddings":
         raise BadRequest("Embeddings cannot be streamed: leave out 'stream'.",

@@ -173,9 +173,10 @@ async def test_client_error_is_passed_through_in_openai_shape(
     status, headers, body = await post(server)
     assert status == 400
     assert headers["X-First-Target"] == "a"
+    # OpenAI's shape: a type that fits the status, a string code or null.
     assert json.loads(body) == {"error": {
-        "message": "reference upstream failing with 400", "type": "server_error",
-        "param": None, "code": 400}}
+        "message": "reference upstream failing with 400", "type": "invalid_request_error",
+        "param": None, "code": None}}
     assert second.received == []  # a caller's mistake is not retried elsewhere
     row = await server.log_row(headers["X-Request-Id"])
     assert (row["status"], row["attempts"]) == (400, 1)
@@ -187,8 +188,9 @@ async def test_upstream_404_reaches_the_sdk_as_not_found(
     client = openai.AsyncOpenAI(base_url=server.base_url, api_key=TEST_KEY, max_retries=0)
     with pytest.raises(openai.NotFoundError) as caught:
         await client.chat.completions.create(**CHAT)
-    assert caught.value.body == {"message": "The model `not-loaded-here` does not exist.",
-                                 "type": "NotFoundError", "param": None, "code": 404}
+    # The caller reads the gateway's name of the model, never the upstream's.
+    assert caught.value.body == {"message": f"The model `{MODEL}` does not exist.",
+                                 "type": "not_found_error", "param": None, "code": None}
     assert caught.value.status_code == 404
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import hdrs, web
 
+from ..routing import expect_continue
 from . import inference, models, ops
 from .errors import openai_errors, unknown_route, wrong_method
 
@@ -19,7 +20,7 @@ def setup_routes(app: web.Application) -> None:
     router = app.router
     for prefix in (*PREFIXES, PINNED):
         for endpoint, handler in inference.HANDLERS.items():
-            router.add_post(f"{prefix}/{endpoint}", handler)
+            router.add_post(f"{prefix}/{endpoint}", handler, expect_handler=expect_continue)
     for prefix in PREFIXES:
         router.add_get(f"{prefix}/models", openai_errors(models.list_models))
         router.add_get(prefix + "/models/{model:.+}", openai_errors(models.get_model))

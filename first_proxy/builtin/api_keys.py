@@ -36,7 +36,8 @@ def authenticate(request: web.Request, gateway: Gateway) -> Identity | None:
     if token is None:
         return None
     keys: dict[str, tuple[ApiKey, Identity]] = gateway.state.get(_STATE, {})
-    digest = hashlib.sha256(token.encode()).hexdigest()
+    # Header bytes that are not UTF-8 arrive as surrogates: hashed as sent, they match no key.
+    digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
     # Look up by digest, then confirm in constant time: nothing about the key leaks by timing.
     found = keys.get(digest)
     if found is None or not hmac.compare_digest(found[0].sha256, digest):

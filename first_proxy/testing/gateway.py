@@ -11,6 +11,7 @@ from ..app import create_app
 from ..config import GatewayConfig, parse_config
 from ..gateway import Gateway
 from ..keys import GATEWAY
+from ..server import GatewayRunner
 from .waiting import eventually
 
 __all__ = ["GatewayServer"]
@@ -31,7 +32,7 @@ class GatewayServer:
         self.config = config
         self.app = create_app(config, plugins=plugins, load_entrypoints=load_entrypoints)
         self.url = ""
-        self._runner: web.AppRunner | None = None
+        self._runner: GatewayRunner | None = None
 
     @property
     def gateway(self) -> Gateway:
@@ -58,10 +59,7 @@ class GatewayServer:
         return await eventually(row, within=within)
 
     async def start(self) -> GatewayServer:
-        self._runner = web.AppRunner(
-            self.app, handler_cancellation=True, access_log=None,
-            shutdown_timeout=self.config.server.shutdown_grace,
-        )
+        self._runner = GatewayRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -1,0 +1,96 @@
+"""A request body as the caller wrote it: checked for duplicate keys, and edited in place.
+
+The gateway parses a body once (orjson) to read what routing needs, but it never forwards
+that parse: an upstream gets the caller's bytes, with at most a few top-level values
+replaced. Every other value reaches it as written: integers beyond 64 bits, the spelling of
+floats, key order, nesting of any depth.
+
+Finding where a value starts and ends needs a walk over the text, which costs a few
+microseconds; it is done only when a body has to change or may hold a duplicated key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from json.decoder import scanstring
+from typing import Any
+
+__all__ = ["duplicate_key", "members", "set_member"]
+
+_WS = r"[ \t\n\r]*"
+_OPEN = re.compile(_WS + r"\{" + _WS)
+#: A key without escapes, and the colon after it: the common case, matched in one go.
+_PLAIN_KEY = re.compile(_WS + r'"([^"\\]*)"' + _WS + ":" + _WS)
+_QUOTE = re.compile(_WS + '"')
+_COLON = re.compile(_WS + ":" + _WS)
+_NEXT = re.compile(_WS + "([,}])" + _WS)
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def members(text: str, at: int = 0) -> tuple[list[tuple[str, int, int]], int]:
+    """The members of the JSON object starting at ``text[at:]``, as ``(key, value_start,
+    value_end)`` in order (duplicates included), and the index just past its closing brace.
+
+    ``text`` must already be known to be valid JSON; ``ValueError`` otherwise.
+    """
+    opened = _OPEN.match(text, at)
+    if opened is None:
+        raise ValueError("not a JSON object")
+    i = opened.end()
+    found: list[tuple[str, int, int]] = []
+    if text.startswith("}", i):
+        return found, i + 1
+    try:
+        while True:
+            plain = _PLAIN_KEY.match(text, i)
+            if plain is not None:
+                key, start = plain.group(1), plain.end()
+            else:
+                quote = _QUOTE.match(text, i)
+                if quote is None:
+                    raise ValueError("expected a key")
+                key, after = scanstring(text, quote.end())
+                colon = _COLON.match(text, after)
+                if colon is None:
+                    raise ValueError("expected a colon")
+                start = colon.end()
+            _, end = _raw_decode(text, start)
+            found.append((key, start, end))
+            separator = _NEXT.match(text, end)
+            if separator is None:
+                raise ValueError("expected a comma or a closing brace")
+            if separator.group(1) == "}":
+                return found, separator.end(1)
+            i = separator.end()
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"cannot walk the object: {e}") from None
+
+
+def duplicate_key(raw: bytes, body: dict[str, Any], *, walk: bool = False) -> str | None:
+    """The first top-level key ``raw`` holds twice (``body`` is its parse), or None.
+
+    orjson keeps the last of duplicated keys, while some upstreams keep the first: a body
+    that says two things must be refused, not routed by one reading and served by another.
+    ``walk`` walks the body even when a cheaper look proves it has no duplicate.
+    """
+    if not walk and b"\\" not in raw and all(raw.count(b'"%s"' % key.encode()) == 1 for key in body):
+        return None  # each key is spelled once, and no escape can spell it differently
+    seen: set[str] = set()
+    for key, _, _ in members(raw.decode())[0]:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def set_member(text: str, key: str, value: str, at: int = 0) -> str:
+    """``text`` with member ``key`` of the object at ``text[at:]`` set to the JSON ``value``:
+    replaced where it is, or added first. Nothing else changes."""
+    found, _ = members(text, at)
+    for name, start, end in found:
+        if name == key:
+            return text[:start] + value + text[end:]
+    opening = text.index("{", at) + 1
+    member = f"{json.dumps(key)}: {value}" + (", " if found else "")
+    return text[:opening] + member + text[opening:]

@@ -1,0 +1,74 @@
+"""The HTTP server around the application: aiohttp's, with its edges shaped like the API.
+
+A request aiohttp's parser refuses (a broken chunk size, a missing Host, an oversized header)
+never reaches a route; aiohttp answers it in plain text. :class:`GatewayRunner` answers it
+in OpenAI's error shape instead, and closes connections that sit idle or half sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from .errors import error_body
+from .keys import GATEWAY
+
+__all__ = ["GatewayRunner"]
+
+log = logging.getLogger("first_proxy")
+
+
+class GatewayRunner(web.AppRunner):
+    """An :class:`aiohttp.web.AppRunner` for a gateway application (``create_app``)."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        server = app[GATEWAY].config.server
+        kwargs.setdefault("keepalive_timeout", server.idle_timeout)
+        kwargs.setdefault("shutdown_timeout", server.shutdown_grace)
+        kwargs.setdefault("handler_cancellation", True)
+        super().__init__(app, **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server
+        server.server_header = self.app[GATEWAY].config.server.server_header  # type: ignore[attr-defined]
+        return server
+
+
+class _Server(web.Server):
+    server_header: str
+
+    def __call__(self) -> RequestHandler:
+        connection = _Connection(self, loop=self._loop, **self._kwargs)
+        connection.server_header = self.server_header
+        return connection
+
+
+class _Connection(RequestHandler):
+    """One client connection, whose protocol errors are answered as API errors."""
+
+    server_header = ""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer has begun; no error can be sent")
+        if status >= 500:
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+            text, type_, code = ("The gateway failed on this request; try again.",
+                                 "server_error", "internal_error")
+        else:
+            log.debug("malformed request from %s: %s", request.remote, message or exc)
+            reason = (message or HTTPStatus(status).phrase).strip().splitlines()[0]
+            text, type_, code = (f"The request is not valid HTTP ({reason}); check the "
+                                 "client or proxy that sent it.", "invalid_request_error",
+                                 "invalid_http")
+        response = web.Response(body=error_body(text, type_, code), status=status,
+                                content_type="application/json",
+                                headers={"Server": self.server_header})
+        response.force_close()
+        return response
