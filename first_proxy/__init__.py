@@ -3,24 +3,35 @@
 What a plugin imports lives here: ``hookimpl`` and the values hooks exchange.
 """
 
+from .backends import Backend
 from .config import GatewayConfig
 from .errors import AuthenticationError, ProxyError, UpstreamError
 from .gateway import Gateway
 from .hookspecs import hookimpl
-from .types import Call, Denial, Identity, Status, Target, Timeouts, UpstreamResponse
+from .keys import IDENTITY
+from .limits import Lease
+from .surfaces import ANTHROPIC, OPENAI, Surface
+from .types import Call, Denial, Identity, RequestRecord, Status, Target, Timeouts, UpstreamResponse
 from .upstream import post_openai
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ANTHROPIC",
+    "IDENTITY",
+    "OPENAI",
     "AuthenticationError",
+    "Backend",
     "Call",
     "Denial",
     "Gateway",
     "GatewayConfig",
     "Identity",
+    "Lease",
     "ProxyError",
+    "RequestRecord",
     "Status",
+    "Surface",
     "Target",
     "Timeouts",
     "UpstreamError",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import orjson
-from aiohttp import web
 
 __all__ = [
     "AuthenticationError",
@@ -13,6 +12,7 @@ __all__ = [
     "NoTargetAvailable",
     "NotFound",
     "PermissionDenied",
+    "PluginError",
     "ProxyError",
     "RateLimited",
     "RequestTimeout",
@@ -55,15 +55,6 @@ class ProxyError(Exception):
 
     def body(self) -> bytes:
         return error_body(self.message, self.type, self.code, self.param)
-
-    def response(self, request_id: str) -> web.Response:
-        """This error as the answer to the request ``request_id``."""
-        response = web.Response(body=self.body(), status=self.status,
-                                content_type="application/json",
-                                headers={**self.headers, "X-Request-Id": request_id})
-        if self.close_connection:
-            response.force_close()
-        return response
 
 
 class BadRequest(ProxyError):
@@ -140,6 +131,10 @@ def internal_error(request_id: str) -> ProxyError:
     """The 500 for a failure of the gateway itself: no details, a request id to quote."""
     return ProxyError(f"The gateway failed on this request; quote request id {request_id} to "
                       "your administrator.")
+
+
+class PluginError(Exception):
+    """A plugin broke the hooks' contract; the gateway refuses to start, saying how."""
 
 
 class ConfigError(Exception):

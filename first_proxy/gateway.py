@@ -1,4 +1,4 @@
-"""The running gateway: configuration, plugins, store, shared sessions, statuses, metrics."""
+"""The running gateway: configuration, plugins, backends, store, shared sessions, statuses."""
 
 from __future__ import annotations
 
@@ -8,19 +8,22 @@ import inspect
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 import aiohttp
 import pluggy
 
+from .backends import Backend, Registered, registered_backends
 from .config import GatewayConfig, ModelConfig
-from .errors import ConfigError
-from .hooks import Hooks, registered_backends
+from .errors import ConfigError, UpstreamError
+from .hooks import Hooks
 from .inflight import SHUTTING_DOWN, InFlight
 from .metrics import Metrics
-from .requestlog import RequestLog, RequestRecord
+from .requestlog import RequestLog
+from .status import combine
 from .store import Store, open_store
-from .types import Status, Target
+from .types import RequestRecord, Status, Target
 
 __all__ = ["Gateway", "check_wiring"]
 
@@ -35,14 +38,23 @@ class Gateway:
         self.pm = pm
         self.hooks = Hooks(pm, self)
         self.metrics = Metrics()
-        #: Latest ``report_status`` answer per :attr:`Target.key`.
+        #: The latest status of each target (:attr:`Target.key`): its own and its cluster's.
         self.statuses: dict[str, Status] = {}
+        #: What each target's backend last said of it, and each cluster's plugin of it.
+        self.target_statuses: dict[str, Status] = {}
+        self.cluster_statuses: dict[str, Status] = {}
+        #: Cluster name -> its maintenance message, for clusters under maintenance.
+        self.maintenance: dict[str, str] = {
+            name: str(settings["maintenance"]) for name, settings in config.clusters.items()
+            if settings.get("maintenance")}
         #: Per-gateway state for plugins; key it by your plugin's name.
         self.state: dict[str, Any] = {}
         self.store: Store | None = None
         self.request_log: RequestLog | None = None
         self.started_at = time.time()
+        self._backends: dict[str, Backend] = {}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._lifespans = AsyncExitStack()
         self._poller: asyncio.Task[None] | None = None
         #: The tasks answering inference requests now, and their deadlines.
         self.in_flight = InFlight()
@@ -81,23 +93,52 @@ class Gateway:
     def model(self, name: str) -> ModelConfig | None:
         return self.config.models.get(name)
 
+    def backend(self, target: Target) -> Backend:
+        """The object serving ``target``'s backend."""
+        try:
+            return self._backends[target.backend]
+        except KeyError:
+            raise UpstreamError(f"no plugin serves backend {target.backend!r}") from None
+
+    def push_status(self, cluster: str, status: Status) -> None:
+        """Set ``cluster``'s status now (a job started, say) rather than at the next poll."""
+        status.checked_at = status.checked_at or time.time()
+        self.cluster_statuses[cluster] = status
+        for target in self.config.targets():
+            if target.cluster == cluster:
+                self._combine(target)
+
     # -- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Open the store and every plugin's and backend's lifespan; on any failure, close
+        what was opened (in reverse) and raise."""
         self.loop = asyncio.get_running_loop()
-        problems = check_wiring(self.config, self.pm)
+        backends, problems = check_wiring(self.config, self.pm)
         if problems:
             raise ConfigError(self.config.source, problems)
-        self.store = await open_store(self.config.store)
-        self.request_log = RequestLog(self.store, self.config.request_log, self.metrics)
-        self.request_log.start()
-        self.in_flight.start()
+        self._backends = {name: found.backend for name, found in backends.items()}
+        stack = self._lifespans
         try:
-            await self.hooks.startup()
-        except BaseException:  # a plugin refused to start: release what the core opened
-            await self._release()
+            self.store = await open_store(self.config.store, self.hooks.migrations())
+            stack.push_async_callback(self._close_store)
+            self.request_log = RequestLog(self.store, self.config.request_log, self.metrics)
+            self.request_log.start()
+            stack.push_async_callback(self.request_log.aclose)
+            self.in_flight.start()
+            stack.push_async_callback(self.in_flight.stop)
+            stack.push_async_callback(self._close_sessions)
+            for name, context in self.hooks.lifespans():
+                await stack.enter_async_context(_Guarded(name, context))
+            for name, found in backends.items():
+                context = found.backend.lifespan(self)
+                if context is not None:
+                    await stack.enter_async_context(
+                        _Guarded(f"backend {name} of {found.plugin}", context))
+        except BaseException:
+            await stack.aclose()
             raise
-        if self.pm.hook.report_status.get_hookimpls() and self.config.targets():
+        if self.config.targets():
             self._poller = asyncio.create_task(self._poll_statuses(), name="first-proxy-status")
 
     def begin_shutdown(self) -> None:
@@ -115,23 +156,20 @@ class Gateway:
         self.in_flight.cancel_all(SHUTTING_DOWN)
 
     async def stop(self) -> None:
+        """Close the lifespans in reverse order, then the store (the request log flushed)."""
         if self._closing is not None:
             self._closing.cancel()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        try:
-            await self.hooks.shutdown()
-        finally:
-            await self._release()
+        await self._lifespans.aclose()
 
-    async def _release(self) -> None:
-        await self.in_flight.stop()
-        if self.request_log is not None:
-            await self.request_log.aclose()
+    async def _close_store(self) -> None:
         if self.store is not None:
             await self.store.close()
+
+    async def _close_sessions(self) -> None:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
@@ -145,19 +183,49 @@ class Gateway:
     # -- status -------------------------------------------------------------------------
 
     async def refresh_statuses(self) -> None:
-        """Ask ``report_status`` about every target now, all at once."""
-        await asyncio.gather(*(self._check(t) for t in self.config.targets()))
+        """Ask every backend about its targets and every cluster's plugin about it, at once."""
+        by_cluster: dict[str, list[Target]] = {}
+        for target in self.config.targets():
+            by_cluster.setdefault(target.cluster, []).append(target)
+        await asyncio.gather(
+            *(self._check_target(t) for t in self.config.targets()),
+            *(self._check_cluster(name, settings, by_cluster.get(name, []))
+              for name, settings in self.config.clusters.items()))
+        for target in self.config.targets():
+            self._combine(target)
 
-    async def _check(self, target: Target) -> None:
+    async def _check_target(self, target: Target) -> None:
+        backend = self._backends.get(target.backend)
+        if backend is None:
+            return
         try:
             async with asyncio.timeout(self.config.status.timeout):
-                status = await self.hooks.report_status(target)
-        except Exception as e:  # a plugin's failure is the target's status, not ours
+                status = await backend.status(target, self)
+        except Exception as e:  # a backend's failure is the target's status, not ours
             status = Status(reachable=False,
                             last_error=target.redact(f"{type(e).__name__}: {e}")[:500])
         if status is None:
             return
         status.checked_at = time.time()
+        self.target_statuses[target.key] = status
+
+    async def _check_cluster(self, name: str, settings: Mapping[str, Any],
+                             targets: list[Target]) -> None:
+        try:
+            async with asyncio.timeout(self.config.status.timeout):
+                status = await self.hooks.report_status(name, settings, targets)
+        except Exception as e:  # the scheduler could not be read: the cluster's state is unknown
+            status = Status(reachable=False, last_error=f"{type(e).__name__}: {e}"[:500])
+        if status is None:
+            return
+        status.checked_at = status.checked_at or time.time()
+        self.cluster_statuses[name] = status
+
+    def _combine(self, target: Target) -> None:
+        status = combine(self.target_statuses.get(target.key),
+                         self.cluster_statuses.get(target.cluster))
+        if status is None:
+            return
         self.statuses[target.key] = status
         self.metrics.target_up.labels(target.model, target.name).set(1 if status.reachable else 0)
 
@@ -167,10 +235,30 @@ class Gateway:
             await asyncio.sleep(self.config.status.interval)
 
 
-def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[str, str]]:
-    """What gateway.yaml asks of plugins that they cannot give: unknown plugin sections,
-    unknown backends, what each backend's validator finds wrong with its targets, and what
-    each plugin's ``check_config`` finds wrong with its settings."""
+class _Guarded:
+    """A plugin's lifespan whose failure to close is logged, so the others still close."""
+
+    def __init__(self, name: str, context: AbstractAsyncContextManager[Any]) -> None:
+        self.name = name
+        self.context = context
+
+    async def __aenter__(self) -> Any:
+        return await self.context.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> bool:
+        try:
+            return bool(await self.context.__aexit__(*exc))
+        except Exception:
+            log.exception("%s failed to stop cleanly", self.name)
+            return False
+
+
+def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager,
+                 ) -> tuple[dict[str, Registered], list[tuple[str, str]]]:
+    """The backends plugins register, and what gateway.yaml asks of plugins that they cannot
+    give: unknown plugin sections, unknown or doubly registered backends, what each backend
+    finds wrong with its targets, targets on undeclared clusters, and what each plugin's
+    ``check_config`` finds wrong with its settings."""
     problems: list[tuple[str, str]] = []
     names = {pm.get_name(p) for p in pm.get_plugins()}
     for name in config.plugins:
@@ -178,27 +266,29 @@ def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[
             problems.append((f"plugins.{name}", "no installed plugin has this name (installed: "
                              f"{', '.join(sorted(n for n in names if n)) or 'none'}); "
                              "install it, or remove its section"))
-    backends = registered_backends(pm)
+    backends, found = registered_backends(pm, skip=config.disabled_plugins)
+    problems.extend(found)
     known = ", ".join(sorted(backends)) or "none: install a backend plugin"
     for model in config.models.values():
         for i, target in enumerate(model.targets):
             path = f"models.{model.name}.targets[{i}]"
+            if config.clusters and target.cluster != "local" and target.cluster not in config.clusters:
+                problems.append((f"{path}.cluster", f"cluster {target.cluster!r} is not declared "
+                                 f"under clusters: (declared: {', '.join(sorted(config.clusters))})"))
             if target.backend not in backends:
                 problems.append((f"{path}.backend",
-                                 f"no installed plugin dispatches backend {target.backend!r} "
+                                 f"no installed plugin serves backend {target.backend!r} "
                                  f"(installed backends: {known})"))
                 continue
-            validate = backends[target.backend]
-            if validate is not None:
-                problems.extend(validate(target, path) or ())
+            problems.extend(backends[target.backend].backend.validate(target, path) or ())
     disabled = [p for p in pm.get_plugins() if pm.get_name(p) in config.disabled_plugins]
     check_config = pm.subset_hook_caller("check_config", remove_plugins=disabled)
-    for found in check_config(config=config):
-        if inspect.isawaitable(found):  # a coroutine would never run: say so
-            getattr(found, "close", lambda: None)()
+    for answer in check_config(config=config):
+        if inspect.isawaitable(answer):  # a coroutine would never run: say so
+            getattr(answer, "close", lambda: None)()
             culprits = [i.plugin_name for i in check_config.get_hookimpls()
                         if inspect.iscoroutinefunction(i.function)]
             raise TypeError(f"check_config must be synchronous (def, not async def) and do no "
                             f"I/O; it returned an awaitable in: {', '.join(culprits) or '?'}")
-        problems.extend(found)
-    return problems
+        problems.extend(answer)
+    return backends, problems

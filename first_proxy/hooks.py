@@ -1,8 +1,9 @@
-"""A typed facade over the plugin manager: how the core calls each hook.
+"""A typed facade over the plugin manager: how the core calls each hook, and how answers combine.
 
 pluggy has no async support, so the core walks the implementations itself, in pluggy's
 order, and awaits whatever each returns. That also lets ``authenticate`` stop at the first
-answer without starting the others.
+answer without starting the others. pluggy's wrappers cannot be honoured that way; a plugin
+that declares one for a hook the core calls is refused at start-up, never silently ignored.
 """
 
 from __future__ import annotations
@@ -10,37 +11,41 @@ from __future__ import annotations
 import inspect
 import operator
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .types import Call, Denial, Identity, Status, Target, UpstreamResponse
+from .errors import PluginError
+from .types import Call, Denial, Identity, Status, Target
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from .gateway import Gateway
+    from .limits import Lease
+    from .surfaces import Surface
 
-__all__ = ["Hooks", "registered_backends"]
-
-
-def registered_backends(pm: pluggy.PluginManager) -> dict[str, Callable[..., Any] | None]:
-    """Backend name → its validator (or None), from every ``register_backends``."""
-    found: dict[str, Callable[..., Any] | None] = {}
-
-    def register(name: str, validate: Callable[..., Any] | None = None) -> None:
-        found[name] = validate
-
-    pm.hook.register_backends(register=register)
-    return found
-
+__all__ = ["Hooks", "RouteSpec"]
 
 #: Answers of these exact types are never awaitable: no need to ask ``inspect.isawaitable``.
-_PLAIN = frozenset({Identity, Denial, Status, UpstreamResponse, list, tuple, dict, str, int, bool})
+_PLAIN = frozenset({Identity, Denial, Status, list, tuple, dict, str, int, bool})
 
 
 def _awaitable(value: Any) -> bool:
     return type(value) not in _PLAIN and inspect.isawaitable(value)
+
+
+def _impls(pm: pluggy.PluginManager, name: str) -> list[pluggy.HookImpl]:
+    """The implementations of hook ``name`` in calling order; wrappers refused."""
+    impls = list(reversed(getattr(pm.hook, name).get_hookimpls()))
+    wrappers = [impl.plugin_name for impl in impls if impl.hookwrapper or impl.wrapper]
+    if wrappers:
+        raise PluginError(
+            f"{', '.join(wrappers)} implements {name} as a pluggy wrapper, which first-proxy "
+            "cannot honour for the hooks it calls itself; write a plain implementation, with "
+            "tryfirst=True or trylast=True for its place in the order")
+    return impls
 
 
 class _Caller:
@@ -51,17 +56,15 @@ class _Caller:
     implementation that takes them all, in that order, is called with them as they are.
     """
 
-    def __init__(self, pm: pluggy.PluginManager, name: str, gateway: Gateway) -> None:
-        hook = getattr(pm.hook, name)
-        assert hook.spec.argnames[-1] == "gateway", name
+    def __init__(self, pm: pluggy.PluginManager, name: str, gateway: Any) -> None:
+        spec = getattr(pm.hook, name).spec.argnames
+        assert spec[-1] == "gateway", name
         self._gateway = gateway
-        # pluggy calls the last registered first; wrappers are for pluggy's own calls only.
-        impls = [impl for impl in reversed(hook.get_hookimpls())
-                 if not (impl.hookwrapper or impl.wrapper)]
         # What the request path runs: each function, how to pick its arguments (None: take
         # them all), and whether it is ``async def`` (its result is then surely awaited).
-        self._calls = [(impl.function, _picker(hook.spec.argnames, impl.argnames),
-                        inspect.iscoroutinefunction(impl.function)) for impl in impls]
+        self._calls = [(impl.function, _picker(spec, impl.argnames),
+                        inspect.iscoroutinefunction(impl.function))
+                       for impl in _impls(pm, name)]
 
     async def first(self, *args: Any) -> Any:
         """The first answer that is not None; later implementations are not called."""
@@ -74,18 +77,6 @@ class _Caller:
                 return result
         return None
 
-    async def all(self, *args: Any) -> list[Any]:
-        """Every answer that is not None, calling one implementation after another."""
-        gateway = self._gateway
-        results = []
-        for function, pick, is_async in self._calls:
-            result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
-            if is_async or (result is not None and _awaitable(result)):
-                result = await result
-            if result is not None:
-                results.append(result)
-        return results
-
     async def first_of_all(self, *args: Any) -> Any:
         """Call every implementation; the first answer that is not None."""
         gateway = self._gateway
@@ -97,6 +88,33 @@ class _Caller:
             if found is None:
                 found = result
         return found
+
+    async def until_denial(self, *args: Any) -> list[Any]:
+        """Every answer that is not None, stopping after the first :class:`Denial`."""
+        gateway = self._gateway
+        results: list[Any] = []
+        for function, pick, is_async in self._calls:
+            result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
+            if is_async or (result is not None and _awaitable(result)):
+                result = await result
+            if result is not None:
+                results.append(result)
+                if isinstance(result, Denial):
+                    break
+        return results
+
+    async def chain(self, model: str, order: Sequence[Target],
+                    statuses: Mapping[str, Status]) -> Sequence[Target]:
+        """Each implementation gets the order the previous one returned (None: unchanged)."""
+        gateway = self._gateway
+        for function, pick, is_async in self._calls:
+            args = (model, order, statuses, gateway)
+            result = function(*args) if pick is None else function(*pick(args))
+            if is_async or (result is not None and _awaitable(result)):
+                result = await result
+            if result is not None:
+                order = result
+        return order
 
 
 def _picker(spec: Sequence[str],
@@ -114,6 +132,18 @@ def _picker(spec: Sequence[str],
     return operator.itemgetter(*positions)
 
 
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """A route a plugin adds through ``register_routes``."""
+
+    plugin: str
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    auth: bool
+    errors: Surface
+
+
 class Hooks:
     """The combination rules of each hook, in one place.
 
@@ -122,33 +152,63 @@ class Hooks:
     coroutine.
     """
 
-    def __init__(self, pm: pluggy.PluginManager, gateway: Gateway) -> None:
+    def __init__(self, pm: pluggy.PluginManager, gateway: Any) -> None:
         self.pm = pm
         self.gateway = gateway
-        #: ``authenticate(request)``: the first identity a plugin finds, or None.
-        self.authenticate: Callable[[web.Request], Awaitable[Identity | None]] = \
+        #: ``authenticate(request, credential)``: the first identity a plugin finds, or None.
+        self.authenticate: Callable[[web.Request, str | None], Awaitable[Identity | None]] = \
             _Caller(pm, "authenticate", gateway).first
         #: ``authorize(identity, model, target)``: every plugin is asked; any denial wins.
         self.authorize: Callable[[Identity, str, Target | None], Awaitable[Denial | None]] = \
             _Caller(pm, "authorize", gateway).first_of_all
-        #: ``check_limits(identity, model)``: every plugin is asked; any denial wins.
-        self.check_limits: Callable[[Identity, str], Awaitable[Denial | None]] = \
-            _Caller(pm, "check_limits", gateway).first_of_all
-        #: ``select_target(model, candidates, statuses)``: the first plugin's order, or None
-        #: when no plugin chose (keep the candidates' own order).
+        #: ``check_limits(identity, model, call)``: the leases taken, ending with a Denial if
+        #: one refused (the later plugins are then not asked).
+        self.check_limits: Callable[[Identity, str, Call], Awaitable[list[Denial | Lease]]] = \
+            _Caller(pm, "check_limits", gateway).until_denial
+        #: ``select_target(model, candidates, statuses)``: the order after every plugin's say.
         self.select_target: Callable[[str, Sequence[Target], Mapping[str, Status]],
-                                     Awaitable[Sequence[Target] | None]] = \
-            _Caller(pm, "select_target", gateway).first
-        #: ``dispatch(target, call)``: the answer of the first plugin that takes the target.
-        self.dispatch: Callable[[Target, Call], Awaitable[UpstreamResponse | None]] = \
-            _Caller(pm, "dispatch", gateway).first
-        #: ``report_status(target)``: the first plugin's status of the target, or None.
-        self.report_status: Callable[[Target], Awaitable[Status | None]] = \
+                                     Awaitable[Sequence[Target]]] = \
+            _Caller(pm, "select_target", gateway).chain
+        #: ``report_status(cluster, settings, targets)``: the first plugin's status, or None.
+        self.report_status: Callable[[str, Mapping[str, Any], Sequence[Target]],
+                                     Awaitable[Status | None]] = \
             _Caller(pm, "report_status", gateway).first
+        for name in ("register_backends", "register_routes", "register_migrations",
+                     "check_config", "lifespan"):
+            _impls(pm, name)  # refuse wrappers of the hooks called at start-up, too
 
-    async def startup(self) -> None:
-        # One plugin after another: each is started (awaited) before the next is called.
-        await _Caller(self.pm, "startup", self.gateway).all()
+    def lifespans(self) -> list[tuple[str, AbstractAsyncContextManager[Any]]]:
+        """Each plugin's lifespan context manager, in calling order, with the plugin's name."""
+        found = []
+        for impl in _impls(self.pm, "lifespan"):
+            context = impl.function(*[self.gateway for _ in impl.argnames])
+            if context is None:
+                continue
+            if not hasattr(context, "__aenter__"):
+                raise PluginError(f"{impl.plugin_name}'s lifespan returned {context!r}, not an "
+                                  "async context manager (use contextlib.asynccontextmanager)")
+            found.append((impl.plugin_name, context))
+        return found
 
-    async def shutdown(self) -> None:
-        await _Caller(self.pm, "shutdown", self.gateway).all()
+    def migrations(self) -> list[tuple[str, Sequence[str]]]:
+        """Every plugin's ``(name, migrations)``, for the store to apply."""
+        found: list[tuple[str, Sequence[str]]] = []
+
+        def register(name: str, migrations: Sequence[str]) -> None:
+            found.append((name, tuple(migrations)))
+
+        self.pm.hook.register_migrations(register=register)
+        return found
+
+    def routes(self) -> list[RouteSpec]:
+        """Every route plugins add."""
+        from .surfaces import OPENAI
+
+        found: list[RouteSpec] = []
+        for impl in _impls(self.pm, "register_routes"):
+            def register(method: str, path: str, handler: Any, *, auth: bool = True,
+                         errors: Surface = OPENAI, _plugin: str = impl.plugin_name) -> None:
+                found.append(RouteSpec(_plugin, method.upper(), path, handler, auth, errors))
+
+            impl.function(*[register for _ in impl.argnames])
+        return found

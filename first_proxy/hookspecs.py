@@ -1,13 +1,20 @@
 """Every hook a first-proxy plugin can implement. Each docstring is that hook's contract.
 
 A hook implementation may return a value or an awaitable (write it as ``async def``);
-the core awaits what it gets (``check_config`` alone must be synchronous). Implementations
-take any subset of the arguments by name, so a hook can grow arguments without breaking
-existing plugins.
+the core awaits what it gets (``check_config``, ``register_*`` and ``lifespan`` itself are
+called synchronously). Implementations take any subset of the arguments by name, so a hook
+can grow arguments without breaking existing plugins.
 
 Plugins run in pluggy's order: the most recently registered first, adjusted with
-``@hookimpl(tryfirst=True)`` / ``@hookimpl(trylast=True)``. The defaults that ship in
-``first_proxy.builtin`` are all ``trylast``, so an installed plugin is asked first.
+``@hookimpl(tryfirst=True)`` / ``@hookimpl(trylast=True)``. The built-in defaults in
+``first_proxy.builtin`` are ``trylast``, so an installed plugin is asked first, with two
+exceptions that must come first: the API-key check (a local lookup, so that a key is never
+sent to a plugin that calls out) and the built-in target order (which plugins then adjust).
+
+How the answers of each hook combine is stated in its docstring under **Combines**. pluggy's
+``hookwrapper`` / ``wrapper`` implementations are refused at start-up for the hooks the core
+calls itself (every hook but ``register_commands``): say what you need with a plain
+implementation and ``tryfirst`` / ``trylast``.
 """
 
 from __future__ import annotations
@@ -18,28 +25,62 @@ import pluggy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from contextlib import AbstractAsyncContextManager
 
     import click
     from aiohttp import web
 
+    from .backends import Backend
     from .config import GatewayConfig
     from .gateway import Gateway
-    from .types import Call, Denial, Identity, Status, Target, UpstreamResponse
+    from .limits import Lease
+    from .types import Call, Denial, Identity, Status, Target
 
 hookspec = pluggy.HookspecMarker("first_proxy")
 hookimpl = pluggy.HookimplMarker("first_proxy")
 
 
 @hookspec
-def register_backends(register: Callable[..., None]) -> None:
-    """Declare the ``backend:`` names this plugin dispatches.
+def register_backends(register: Callable[[Backend], None]) -> None:
+    """Register the :class:`~first_proxy.Backend` objects this plugin provides.
 
-    Call ``register(name, validate=None)`` once per name. ``validate(target, path)``, if given,
-    checks one :class:`~first_proxy.Target` at start-up and returns a list of
-    ``(key_path, message)`` problems (empty when all is well). ``target.options`` holds the
-    target's keys the core does not know; ``path`` is its key path in gateway.yaml. A target
-    whose backend nobody registered is a configuration error, reported by ``first-proxy check``
-    and at start-up.
+    Call ``register(backend)`` once per backend. ``backend.name`` is what a target's
+    ``backend:`` says; the core calls that object, and only it, to check
+    (``validate``), open (``lifespan``), ask (``status``) and dispatch to (``dispatch``) its
+    targets. A target whose backend nobody registered is a configuration error, and so are
+    two plugins registering the same name (the error names both).
+
+    **Combines:** every plugin is called.
+    """
+
+
+@hookspec
+def register_routes(register: Callable[..., None]) -> None:
+    """Add HTTP routes: ``register(method, path, handler, *, auth=True, errors=OPENAI)``.
+
+    ``handler(request)`` is an aiohttp handler. With ``auth=True`` the core authenticates the
+    caller first (401 otherwise) and the handler finds the :class:`~first_proxy.Identity` in
+    ``request[first_proxy.IDENTITY]``; with ``auth=False`` it checks credentials of its own (a
+    callback's per-task secret, say). Every answer carries the core's request id, is counted
+    in its metrics, and any :class:`~first_proxy.errors.ProxyError` the handler raises
+    becomes an error in the route's shape (``errors``: :data:`first_proxy.OPENAI` or
+    :data:`first_proxy.ANTHROPIC`). A path the core serves itself cannot be taken.
+
+    **Combines:** every plugin is called, at start-up.
+    """
+
+
+@hookspec
+def register_migrations(register: Callable[[str, Sequence[str]], None]) -> None:
+    """Add tables of your own to the store: ``register(name, migrations)``.
+
+    ``migrations`` are SQL scripts, each bringing your tables from version ``i`` to
+    ``i + 1``, kept per ``name`` (your plugin's name); append to the list, never edit an
+    entry. Write SQL both SQLite and PostgreSQL run (``{real}`` and ``{autoid}`` are
+    filled in per database). Use the tables through ``gateway.store.execute`` and
+    ``gateway.store.fetch``, with ``?`` placeholders.
+
+    **Combines:** every plugin is called, before ``lifespan``.
     """
 
 
@@ -50,38 +91,45 @@ def check_config(config: GatewayConfig) -> list[tuple[str, str]] | None:
     Check what the plugin can see and depends on: its own ``plugins.<name>`` section (read
     ``config.plugins.get(name, {})``), the ``clusters`` settings it reads, anything else it
     needs. Return ``None`` or ``[]`` when all is well. Called by ``first-proxy check`` and at
-    start-up, before any ``startup`` hook, so it must be synchronous and do no I/O. Every
-    plugin is asked; all the problems of all plugins are reported together with the core's,
-    and the gateway refuses to start while there are any.
+    start-up, before any ``lifespan``, so it must be synchronous and do no I/O.
+
+    **Combines:** every plugin's problems are reported together with the core's, and the
+    gateway refuses to start while there are any.
     """
 
 
 @hookspec
-def startup(gateway: Gateway) -> Any:
-    """Open what the plugin needs for the life of the gateway (clients, pollers, processes).
+def lifespan(gateway: Gateway) -> AbstractAsyncContextManager[Any] | None:
+    """Return an async context manager that holds what the plugin opens for the life of the
+    gateway (clients, pollers, child processes), or ``None``.
 
-    Called once, after the store and the shared HTTP sessions are open and before the first
-    request. Read your settings with ``gateway.plugin_config("your_plugin_name")``; they
-    have passed ``check_config`` already.
+    It is entered once, after the store and the shared HTTP sessions are open and before the
+    first request, and left at shutdown once the requests in flight are done. Read your
+    settings with ``gateway.plugin_config("your_plugin_name")``; they passed ``check_config``.
+
+    **Combines:** every plugin's is entered in order (backends' ``lifespan`` after the
+    plugins'), and they are left in reverse. If one fails to enter, those already entered are
+    left and the gateway stops with that error; a failure while leaving one is logged and the
+    others are still left.
     """
 
 
 @hookspec
-def shutdown(gateway: Gateway) -> Any:
-    """Release what ``startup`` opened. Called once, in-flight requests already finished."""
-
-
-@hookspec
-def authenticate(request: web.Request, gateway: Gateway) -> Identity | None:
+def authenticate(request: web.Request, credential: str | None,
+                 gateway: Gateway) -> Identity | None:
     """Say who sent ``request``.
 
-    Return an :class:`~first_proxy.Identity`, or ``None`` when the credential is not one this
-    plugin understands, so the next plugin is asked. Raise
+    ``credential`` is the token the route reads: ``Authorization: Bearer <token>`` (and
+    ``x-api-key`` on routes that take it, the Anthropic API's), or ``None``. Return an
+    :class:`~first_proxy.Identity`, or ``None`` when the credential is not one this plugin
+    understands, so the next plugin is asked. Raise
     :class:`~first_proxy.errors.AuthenticationError` for a credential it owns but rejects
-    (expired, revoked). Plugins are asked in order; the first ``Identity`` wins. A request
-    nobody identifies is answered 401.
+    (expired, revoked), or another ``ProxyError`` (a 503 when an identity service is down).
+    A request nobody identifies is answered 401.
 
     Never log the credential, and never copy it anywhere a backend could see it.
+
+    **Combines:** plugins are asked in order; the first ``Identity`` wins.
     """
 
 
@@ -93,19 +141,30 @@ def authorize(
 
     Called once with ``target=None`` for the model, then once per candidate target. Return
     ``None`` to allow, or a :class:`~first_proxy.Denial` with a reason the caller can act on.
-    Every plugin is asked and any denial wins. Also called, with ``target=None``, to decide
-    which models ``GET /v1/models`` lists. Keep it fast: it is on every request.
+    Also called, with ``target=None``, to decide which models ``GET /v1/models`` lists. Keep
+    it fast: it is on every request.
+
+    **Combines:** every plugin is asked; any denial wins.
     """
 
 
 @hookspec
-def check_limits(identity: Identity, model: str, gateway: Gateway) -> Denial | None:
-    """Refuse a call that would go over a limit: return a :class:`~first_proxy.Denial` with
-    ``status=429`` and ``retry_after``, or ``None`` to let it through.
+def check_limits(identity: Identity, model: str, call: Call,
+                 gateway: Gateway) -> Denial | Lease | None:
+    """Admit ``call`` under a limit, or refuse it.
 
-    Called once per inference request, after ``authorize`` allowed the model, and never for
-    listings. Every plugin is asked and any denial wins. Keep it fast: no I/O that a request
-    would wait on beyond what the limit itself needs.
+    Asked once per inference call, once it is known to be routable: the model exists, the
+    caller may use it, and a target is left. Return ``None`` when no limit of yours applies,
+    a :class:`~first_proxy.Denial` (``status=429`` and ``retry_after``) to refuse, or a
+    :class:`~first_proxy.Lease` for what the call holds while it runs: the core calls its
+    ``settle(usage)`` when the call ends with the usage the upstream reported (tokens from the
+    answer or the stream's usage chunk; ``{}`` when none was reported), or its ``release()``
+    when the call fails, is cancelled or the gateway shuts down. Exactly one of the two is
+    called, once. Keep it fast: no I/O that a request would wait on beyond what the limit
+    needs.
+
+    **Combines:** plugins are asked in order; the first denial stops the others and the leases
+    already taken are released.
     """
 
 
@@ -113,61 +172,59 @@ def check_limits(identity: Identity, model: str, gateway: Gateway) -> Denial | N
 def select_target(
     model: str, candidates: Sequence[Target], statuses: Mapping[str, Status], gateway: Gateway
 ) -> Sequence[Target] | None:
-    """Order the targets the caller may use for ``model``.
+    """Adjust the order in which ``model``'s targets are tried.
 
-    ``statuses`` maps :attr:`Target.key` to the latest cached
-    :class:`~first_proxy.Status` (a target never checked is missing). Return the candidates in
-    the order to try them: the first is the choice, the rest the failover order. Leave out a
-    target to rule it out. Return ``None`` to leave the choice to the next plugin. Never do I/O
-    here: statuses are gathered in the background by ``report_status``.
+    ``candidates`` is the order so far: the built-in order (the best live target first; see
+    ``first_proxy.builtin.selection``) as earlier plugins adjusted it. ``statuses`` maps
+    :attr:`Target.key` to the target's latest :class:`~first_proxy.Status` (its own and its
+    cluster's together; a target never checked is missing). Return the candidates in the order
+    to try them (the first is the choice, the rest the failover order; leave one out to rule
+    it out), or ``None`` to keep the order as it is. Never do I/O here.
+
+    **Combines:** a chain: each plugin receives the order the previous one returned.
     """
 
 
 @hookspec
-def dispatch(target: Target, call: Call, gateway: Gateway) -> UpstreamResponse | None:
-    """Send ``call`` to ``target`` and return the upstream's answer.
+def report_status(cluster: str, settings: Mapping[str, Any], targets: Sequence[Target],
+                  gateway: Gateway) -> Status | None:
+    """Report the state of ``cluster``, a name under gateway.yaml's ``clusters:``, whose
+    entry is ``settings``; ``None`` if it is not yours (e.g. its ``status:`` names another
+    scheduler).
 
-    Answer only for the backends you registered, ``None`` otherwise. Send
-    ``call.payload(target)`` as the body: it carries the upstream's model name. Use the target's
-    own credential (``target.api_key``), never the caller's, and the shared session from
-    ``gateway.session(target)``.
+    Called in the background once per cluster every ``status.interval`` seconds, never on the
+    request path. The :class:`~first_proxy.Status` applies to every target in ``targets``
+    (those with that ``cluster:``): ``models`` maps a model name to its state there
+    (``running``, ``starting``, ``queued``, ``held``, ``failed``, ``stopped``). Raising counts
+    as the cluster's state being unknown, with the exception's text as ``last_error``. A plugin
+    that learns of a change sooner calls ``gateway.push_status(cluster, status)``.
 
-    Return an :class:`~first_proxy.UpstreamResponse` with ``body`` set, or with ``chunks``
-    (an async iterator of bytes, SSE for ``call.stream``) and ``close``. Raise
-    :class:`~first_proxy.errors.UpstreamError` when the target cannot be reached; that, a
-    timeout, a 429 or a 5xx moves the call to the next target while nothing has reached the
-    caller. The core applies the target's first-byte and total timeouts around this call.
-    """
+    A target's own health (is its server up, how loaded) comes from its backend's ``status``.
 
-
-@hookspec
-def report_status(target: Target, gateway: Gateway) -> Status | None:
-    """Check the health and load of ``target``; ``None`` if it is not yours.
-
-    Called in the background every ``status.interval`` seconds for every target, never on
-    the request path; the answer is cached and handed to ``select_target``. Raising counts
-    as unreachable, with the exception's text as ``last_error``.
+    **Combines:** the first answer that is not ``None``.
     """
 
 
 @hookspec
 def register_commands(cli: click.Group) -> None:
-    """Add subcommands to the ``first-proxy`` command line, e.g. ``cli.command()(login)``."""
+    """Add subcommands to the ``first-proxy`` command line, e.g. ``cli.command()(login)``.
+
+    **Combines:** every plugin is called.
+    """
 
 
 HOOK_NAMES: tuple[str, ...] = (
     "register_backends",
+    "register_routes",
+    "register_migrations",
     "check_config",
-    "startup",
-    "shutdown",
+    "lifespan",
     "authenticate",
     "authorize",
     "check_limits",
     "select_target",
-    "dispatch",
     "report_status",
     "register_commands",
 )
 
 __all__ = ["HOOK_NAMES", "hookimpl", "hookspec"]
-

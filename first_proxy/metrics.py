@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import prometheus_client.metrics
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
-    from .requestlog import RequestRecord
+    from .types import RequestRecord
 
 __all__ = ["Metrics"]
 
@@ -40,9 +40,19 @@ class Metrics:
         self.target_up = Gauge(
             "first_proxy_target_up", "1 if the target's last status check found it reachable.",
             ("model", "target"), registry=r)
+        self.route_requests = Counter(
+            "first_proxy_route_requests", "Requests to routes plugins add.",
+            ("plugin", "route", "status"), registry=r)
+        self.route_seconds = Histogram(
+            "first_proxy_route_seconds", "Time to answer requests to routes plugins add.",
+            ("plugin", "route"), buckets=_LATENCY_BUCKETS, registry=r)
         self.log_dropped = Counter(
             "first_proxy_request_log_dropped", "Log rows dropped because the store was unreachable "
             "for too long.", registry=r)
+
+    def route_served(self, plugin: str, route: str, status: int, seconds: float) -> None:
+        self.route_requests.labels(plugin, route, str(status)).inc()
+        self.route_seconds.labels(plugin, route).observe(seconds)
 
     def upstream_error(self, model: str, target: str, kind: str) -> None:
         self.upstream_errors.labels(model, target, kind).inc()

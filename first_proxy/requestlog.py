@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .types import RequestRecord
 
 if TYPE_CHECKING:
     from .config import RequestLogConfig
     from .metrics import Metrics
     from .store import Store
 
-__all__ = ["RequestLog", "RequestRecord"]
+__all__ = ["RequestLog"]
 
 log = logging.getLogger("first_proxy.requestlog")
 
 
-@dataclass(slots=True)
-class RequestRecord:
-    """What the log keeps of one request. Never the caller's credential."""
-
-    ts: float
-    request_id: str
-    endpoint: str
-    user: str | None = None
-    model: str | None = None
-    target: str | None = None
-    status: int = 0
-    latency_ms: float = 0.0
-    ttft_ms: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    stream: bool = False
-    attempts: int = 0
-    error: str | None = None
-    #: The request body, only when ``request_log.include_prompts`` is on.
-    prompt: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord))
 
 
 class RequestLog:

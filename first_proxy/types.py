@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +15,7 @@ __all__ = [
     "Call",
     "Denial",
     "Identity",
+    "RequestRecord",
     "Status",
     "Target",
     "Timeouts",
@@ -171,6 +172,35 @@ class Call:
 
 
 _USAGE_ENDPOINTS = frozenset({"chat/completions", "completions"})
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What the log keeps of one request. Never the caller's credential."""
+
+    ts: float
+    request_id: str
+    endpoint: str
+    user: str | None = None
+    model: str | None = None
+    target: str | None = None
+    status: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    stream: bool = False
+    attempts: int = 0
+    error: str | None = None
+    #: The request body, only when ``request_log.include_prompts`` is on.
+    prompt: str | None = None
+    #: Fields plugins add to the row (a batch id, an identity provider); kept as JSON.
+    extra: dict[str, Any] | None = None
+    #: ``time.perf_counter()`` when the request arrived; not stored.
+    started: float = field(default=0.0, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(slots=True)

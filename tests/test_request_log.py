@@ -12,10 +12,11 @@ import pytest
 
 from first_proxy.config import RequestLogConfig
 from first_proxy.metrics import Metrics
-from first_proxy.requestlog import RequestLog, RequestRecord
+from first_proxy.requestlog import RequestLog
 from first_proxy.store import open_store
 from first_proxy.store.sqlite import SQLiteStore
 from first_proxy.testing import TEST_KEY, ReferenceBackend, ReferenceUpstream, eventually
+from first_proxy.types import RequestRecord
 
 
 class WatchedStore(SQLiteStore):

@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from first_proxy.requestlog import RequestRecord
 from first_proxy.store import Store
 from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, ReferenceUpstream, eventually
+from first_proxy.types import RequestRecord
 
 MODEL = "reference-model"
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}

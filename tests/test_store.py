@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from first_proxy.requestlog import COLUMNS, RequestRecord
 from first_proxy.store import open_store
 from first_proxy.store.postgres import PostgresStore
-from first_proxy.store.schema import MIGRATIONS
+from first_proxy.store.schema import COLUMNS, MIGRATIONS
 from first_proxy.store.sqlite import SQLiteStore
+from first_proxy.types import RequestRecord
 
 
 async def schema_versions(url: str) -> list[int]:

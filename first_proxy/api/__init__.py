@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from aiohttp import hdrs, web
 
-from ..routing import expect_continue
+from ..errors import PluginError
+from ..keys import GATEWAY
 from . import inference, models, ops
 from .errors import openai_errors, unknown_route, wrong_method
+from .incoming import expect_continue
+from .plugin_routes import plugin_handler
 
 __all__ = ["setup_routes"]
 
@@ -16,7 +19,8 @@ PINNED = "/resource_server/{cluster}/{framework}/v1"
 
 
 def setup_routes(app: web.Application) -> None:
-    """Every route; then, on each path, a 405 for the other methods, and a 404 for any other path."""
+    """Every route, the plugins' after the core's; then, on each path, a 405 for the other
+    methods, and a 404 for any other path."""
     router = app.router
     for prefix in (*PREFIXES, PINNED):
         for endpoint, handler in inference.HANDLERS.items():
@@ -28,7 +32,20 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/metrics", openai_errors(ops.metrics))
     router.add_get("/status", openai_errors(ops.status))
     router.add_get("/resource_server/status", openai_errors(ops.status))
+    _add_plugin_routes(app)
     for resource in router.resources():
         if isinstance(resource, web.Resource):
             resource.add_route(hdrs.METH_ANY, wrong_method(route.method for route in resource))
     router.add_route(hdrs.METH_ANY, "/{path:.*}", unknown_route)
+
+
+def _add_plugin_routes(app: web.Application) -> None:
+    router = app.router
+    taken = {(route.method, route.resource.canonical) for route in router.routes()
+             if route.resource is not None}
+    for spec in app[GATEWAY].hooks.routes():
+        if (spec.method, spec.path) in taken:
+            raise PluginError(f"{spec.plugin} adds the route {spec.method} {spec.path}, which is "
+                              "taken already; choose another path")
+        taken.add((spec.method, spec.path))
+        router.add_route(spec.method, spec.path, plugin_handler(spec))

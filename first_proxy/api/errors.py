@@ -1,8 +1,8 @@
-"""Errors in OpenAI's shape on every route: failing handlers, unknown paths, wrong methods.
+"""Errors in the route's shape on every route: failing handlers, unknown paths, wrong methods.
 
 There is no middleware: each handler answers its own errors, which keeps two coroutine
-layers off every request. The inference handlers do it inline (:func:`first_proxy.routing.proxy`);
-the others are wrapped in :func:`openai_errors`.
+layers off every request. The inference handlers do it inline
+(:func:`first_proxy.api.inference.proxy`); the others are wrapped in :func:`answers_errors`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import MethodNotAllowed, NotFound, ProxyError, internal_error
-from ..routing import request_id
+from ..surfaces import OPENAI, Surface
+from .incoming import request_id
 
-__all__ = ["openai_errors", "unknown_route", "wrong_method"]
+__all__ = ["answers_errors", "openai_errors", "unknown_route", "wrong_method"]
 
 log = logging.getLogger("first_proxy")
 
 
-def openai_errors(handler: Handler) -> Handler:
-    """``handler``, with every error it raises answered in OpenAI's shape and every answer
-    tagged with the request id."""
+def answers_errors(handler: Handler, surface: Surface = OPENAI) -> Handler:
+    """``handler``, with every error it raises answered in ``surface``'s shape and every
+    answer tagged with the request id."""
 
     @functools.wraps(handler)
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -33,15 +34,20 @@ def openai_errors(handler: Handler) -> Handler:
         try:
             response = await handler(request)
         except ProxyError as e:
-            return e.response(rid)
+            return surface.response(e, rid)
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
                           rid)
-            return internal_error(rid).response(rid)
-        response.headers["X-Request-Id"] = rid
+            return surface.response(internal_error(rid), rid)
+        if not response.prepared:
+            response.headers["X-Request-Id"] = rid
         return response
 
     return handle
+
+
+#: The wrapper of OpenAI-shaped routes.
+openai_errors = answers_errors
 
 
 @openai_errors

@@ -10,8 +10,9 @@ from ..config import ModelConfig
 from ..errors import NotFound
 from ..gateway import Gateway
 from ..keys import GATEWAY
-from ..routing import authenticate, shown
+from ..pipeline import shown
 from ..types import Identity
+from .incoming import authenticate
 
 __all__ = ["get_model", "list_models"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..keys import GATEWAY
-from ..routing import authenticate
+from .incoming import authenticate
 
 __all__ = ["health", "metrics", "status"]
 

@@ -1,18 +1,24 @@
 """Per-user request rate: ``limits.requests_per_minute``, or ``requests_per_minute`` on a key.
 
-A token bucket per user in this process. Limits shared across gateway instances come from a
-plugin answering ``check_limits`` the same way.
+A token bucket per user in this process, read from gateway.yaml: the default for everyone,
+and each API key's own rate. A bucket left alone for a minute is full again, so it is
+forgotten then (at most ``_MAX_USERS`` are kept). Limits shared across gateway instances come
+from a plugin answering ``check_limits`` the same way.
 """
 
 from __future__ import annotations
 
 import time
 
+from cachetools import TTLCache
+
 from ..gateway import Gateway
 from ..hookspecs import hookimpl
 from ..types import Denial, Identity
 
 _STATE = "first_proxy.rate_limit"
+#: Buckets kept at most; beyond that the least recently used are forgotten first.
+_MAX_USERS = 100_000
 
 
 class TokenBucket:
@@ -37,15 +43,29 @@ class TokenBucket:
         return (1 - self.tokens) / self.per_second if self.per_second else float("inf")
 
 
+class _Limiter:
+    def __init__(self, gateway: Gateway) -> None:
+        config = gateway.config
+        self.default = config.limits.requests_per_minute
+        self.per_user = {f"key:{key.name}": key.requests_per_minute
+                         for key in config.auth.api_keys if key.requests_per_minute is not None}
+        # The longest refill is a minute: a bucket unused that long is full, as a new one.
+        self.buckets: TTLCache[str, TokenBucket] = TTLCache(_MAX_USERS, ttl=60.0)
+
+
 @hookimpl(trylast=True)
 def check_limits(identity: Identity, gateway: Gateway) -> Denial | None:
-    rate = identity.extra.get("requests_per_minute", gateway.config.limits.requests_per_minute)
+    limiter: _Limiter | None = gateway.state.get(_STATE)
+    if limiter is None:
+        limiter = gateway.state[_STATE] = _Limiter(gateway)
+    user = identity.user_id
+    rate = limiter.per_user.get(user, limiter.default)
     if rate is None:
         return None
-    buckets: dict[str, TokenBucket] = gateway.state.setdefault(_STATE, {})
-    bucket = buckets.get(identity.user_id)
+    bucket = limiter.buckets.get(user)
     if bucket is None:
-        bucket = buckets[identity.user_id] = TokenBucket(rate)
+        bucket = TokenBucket(rate)
+    limiter.buckets[user] = bucket  # (re)set: the entry lives a minute from its last use
     wait = bucket.take()
     if not wait:
         return None

@@ -1,4 +1,6 @@
-"""Federated selection: live targets first, the least loaded first among them.
+"""The built-in order of targets: live targets first, the least loaded first among them.
+
+It runs first (``tryfirst``); other plugins' ``select_target`` then adjust the order it gives.
 
 Ranks, best first: reachable and serving the model; never checked; reachable but the model
 still starting or queued (a cold start); unreachable or not serving the model. Within a rank
@@ -21,7 +23,10 @@ def rank(target: Target, status: Status | None) -> tuple[int, float, float, floa
         return (_UNKNOWN, 0.0, 0.0, 0.0)
     if not status.reachable:
         return (_DOWN, 0.0, 0.0, 0.0)
-    state = status.models.get(target.upstream_model) if status.models else "running"
+    if not status.models:
+        state: str | None = "running"
+    else:
+        state = status.models.get(target.upstream_model) or status.models.get(target.model)
     if state is None or state == "stopped":
         return (_DOWN, 0.0, 0.0, 0.0)
     tier = _READY if state == "running" else _STARTING
@@ -29,7 +34,7 @@ def rank(target: Target, status: Status | None) -> tuple[int, float, float, floa
             status.kv_cache_usage or 0.0)
 
 
-@hookimpl(trylast=True)
+@hookimpl(tryfirst=True)
 def select_target(candidates: Sequence[Target], statuses: Mapping[str, Status]) -> list[Target]:
     if len(candidates) < 2:
         return list(candidates)

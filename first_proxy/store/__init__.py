@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .base import Store
 
 __all__ = ["Store", "open_store"]
 
 
-async def open_store(url: str) -> Store:
-    """Open (and migrate) the store at ``url``: ``sqlite:///PATH`` or ``postgresql://...``."""
+async def open_store(url: str, plugin_migrations: Sequence[tuple[str, Sequence[str]]] = ()) -> Store:
+    """Open the store at ``url`` (``sqlite:///PATH`` or ``postgresql://...``) and bring its
+    schema up to date: the core's, then each plugin's ``(name, migrations)``."""
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
 
@@ -19,5 +22,5 @@ async def open_store(url: str) -> Store:
         store = PostgresStore(url)
     else:
         raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://...")
-    await store.open()
+    await store.open(plugin_migrations)
     return store

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..requestlog import RequestRecord
+from ..types import RequestRecord
 
 __all__ = ["Store"]
 
@@ -13,8 +13,8 @@ __all__ = ["Store"]
 class Store(Protocol):
     """Durable storage: opened once per gateway, used only off the request path."""
 
-    async def open(self) -> None:
-        """Connect and bring the schema up to date."""
+    async def open(self, plugin_migrations: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
+        """Connect and bring the schema up to date: the core's, then each plugin's."""
 
     async def close(self) -> None:
         """Release connections; nothing written is lost."""
@@ -24,3 +24,9 @@ class Store(Protocol):
 
     async def recent_requests(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest request-log rows first."""
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        """Run one statement on a plugin's tables (``?`` placeholders); the rows it changed."""
+
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        """The rows of one query on a plugin's tables (``?`` placeholders)."""

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from ..requestlog import COLUMNS
+from dataclasses import fields
 
-__all__ = ["COLUMN_LIST", "MIGRATIONS"]
+from ..types import RequestRecord
+
+__all__ = ["COLUMNS", "COLUMN_LIST", "MIGRATIONS", "PLUGIN_VERSIONS", "fill"]
+
+#: What the store keeps of a request record, in order: every field but its start time.
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord) if f.name != "started")
 
 #: The request-log columns, quoted for SQL ("user" is a reserved word in PostgreSQL).
 COLUMN_LIST = ", ".join(f'"{c}"' for c in COLUMNS)
@@ -34,4 +39,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX requests_ts ON requests (ts);
     CREATE INDEX requests_user_ts ON requests ("user", ts);
     """,
+    # Fields plugins add to a request's row (a batch id, an identity provider), as JSON.
+    "ALTER TABLE requests ADD COLUMN extra TEXT;",
 )
+
+#: Where the version of each plugin's own tables is kept (``register_migrations``).
+PLUGIN_VERSIONS = """
+CREATE TABLE IF NOT EXISTS first_proxy_migrations (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+)"""
+
+
+def fill(sql: str, *, real: str, autoid: str) -> str:
+    """A migration's SQL for one database: ``{real}`` and ``{autoid}`` filled in."""
+    return sql.replace("{real}", real).replace("{autoid}", autoid)

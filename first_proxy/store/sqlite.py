@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import orjson
 
-from ..requestlog import COLUMNS, RequestRecord
-from .schema import COLUMN_LIST, MIGRATIONS
+from ..types import RequestRecord
+from .schema import COLUMN_LIST, COLUMNS, MIGRATIONS, PLUGIN_VERSIONS, fill
 
 __all__ = ["SQLiteStore"]
 
@@ -24,6 +25,7 @@ _CHUNK = 50
 _INSERT_ONE = f"INSERT INTO requests ({COLUMN_LIST}) VALUES {_ROW}"
 _INSERT_CHUNK = f"INSERT INTO requests ({COLUMN_LIST}) VALUES {', '.join([_ROW] * _CHUNK)}"
 _values = operator.attrgetter(*COLUMNS)
+_EXTRA = COLUMNS.index("extra")
 
 # sqlite3 binds None and bool only after looking for an adapter, and each failed lookup
 # formats an AttributeError message: a quarter of the CPU time a typical row (three NULLs)
@@ -38,23 +40,31 @@ class SQLiteStore:
         self.path = path
         self._db: aiosqlite.Connection | None = None
 
-    async def open(self) -> None:
+    async def open(self, plugin_migrations: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path)
         self._db.row_factory = aiosqlite.Row
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._migrate()
+        await self._migrate(plugin_migrations)
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, plugin_migrations: Sequence[tuple[str, Sequence[str]]]) -> None:
         db = self._require()
         version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
         for i, sql in enumerate(MIGRATIONS[version:], start=version):
-            await db.executescript(
-                "BEGIN;" + sql.format(real="REAL", autoid="INTEGER PRIMARY KEY")
-                + f"; PRAGMA user_version = {i + 1}; COMMIT;"
-            )
+            await db.executescript(f"BEGIN;{_fill(sql)}; PRAGMA user_version = {i + 1}; COMMIT;")
+        await db.execute(PLUGIN_VERSIONS)
+        await db.commit()
+        for name, migrations in plugin_migrations:
+            row = await (await db.execute(
+                "SELECT version FROM first_proxy_migrations WHERE name = ?", (name,))).fetchone()
+            done = row[0] if row else 0
+            for i, sql in enumerate(migrations[done:], start=done):
+                await db.executescript(
+                    f"BEGIN;{_fill(sql)};INSERT INTO first_proxy_migrations VALUES "
+                    f"({_quote(name)}, {i + 1}) ON CONFLICT (name) DO UPDATE SET "
+                    f"version = {i + 1}; COMMIT;")
 
     def _require(self) -> aiosqlite.Connection:
         if self._db is None:
@@ -69,6 +79,9 @@ class SQLiteStore:
     async def insert_requests(self, rows: Sequence[RequestRecord]) -> None:
         db = self._require()
         values = list(map(_values, rows))
+        if any(row.extra for row in rows):
+            values = [(*v[:_EXTRA], orjson.dumps(v[_EXTRA]).decode() if v[_EXTRA] else None,
+                       *v[_EXTRA + 1:]) for v in values]
         whole = len(values) - len(values) % _CHUNK
         if whole:
             await db.executemany(_INSERT_CHUNK, [tuple(chain.from_iterable(values[i : i + _CHUNK]))
@@ -83,5 +96,30 @@ class SQLiteStore:
             f"SELECT {COLUMN_LIST} FROM requests "
             "ORDER BY ts DESC, id DESC LIMIT ?", (limit,))
         rows = await cursor.fetchall()
-        return [{c: (bool(row[c]) if c == "stream" else row[c]) for c in COLUMNS} for row in rows]
+        return [_record(row) for row in rows]
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        db = self._require()
+        cursor = await db.execute(sql, params)
+        await db.commit()
+        return cursor.rowcount
+
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        cursor = await self._require().execute(sql, params)
+        return [dict(row) for row in await cursor.fetchall()]
+
+
+def _record(row: aiosqlite.Row) -> dict[str, Any]:
+    found = {c: row[c] for c in COLUMNS}
+    found["stream"] = bool(found["stream"])
+    found["extra"] = orjson.loads(found["extra"]) if found["extra"] else None
+    return found
+
+
+def _fill(sql: str) -> str:
+    return fill(sql, real="REAL", autoid="INTEGER PRIMARY KEY")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from ..backends import Backend
 from ..gateway import Gateway
 from ..hookspecs import hookimpl
 from ..types import Call, Target, UpstreamResponse
@@ -10,18 +13,19 @@ from ..upstream import post_openai
 __all__ = ["ReferenceBackend"]
 
 
+class _Reference(Backend):
+    name = "reference"
+
+    async def dispatch(self, target: Target, call: Call, gateway: Gateway) -> UpstreamResponse:
+        return await post_openai(gateway, target, call)
+
+
 class ReferenceBackend:
-    """Dispatches targets with ``backend: reference`` to their ``url``, as an OpenAI client."""
+    """A plugin serving targets with ``backend: reference`` at their ``url``, as an OpenAI
+    client would."""
 
     __name__ = "reference_backend"
 
     @hookimpl
-    def register_backends(self, register) -> None:  # type: ignore[no-untyped-def]
-        register("reference")
-
-    @hookimpl
-    async def dispatch(self, target: Target, call: Call,
-                       gateway: Gateway) -> UpstreamResponse | None:
-        if target.backend != "reference":
-            return None
-        return await post_openai(gateway, target, call)
+    def register_backends(self, register: Callable[[Backend], None]) -> None:
+        register(_Reference())

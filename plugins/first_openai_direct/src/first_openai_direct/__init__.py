@@ -7,33 +7,34 @@ the gateway. Health comes from ``GET {url}/models`` or from a status manifest.
 
 from __future__ import annotations
 
-from first_proxy import Call, Gateway, Status, Target, UpstreamResponse, hookimpl, post_openai
+from collections.abc import Callable
+
+from first_proxy import Backend, Call, Gateway, Status, Target, UpstreamResponse, hookimpl, post_openai
 
 from .status import check_manifest, check_models
 from .validation import validate_target
 
-BACKEND = "openai"
+__all__ = ["OpenAIBackend"]
 
-__all__ = ["BACKEND"]
+
+class OpenAIBackend(Backend):
+    """Targets with ``backend: openai``."""
+
+    name = "openai"
+
+    def validate(self, target: Target, path: str) -> list[tuple[str, str]]:
+        return validate_target(target, path)
+
+    async def dispatch(self, target: Target, call: Call, gateway: Gateway) -> UpstreamResponse:
+        return await post_openai(gateway, target, call, headers=target.options.get("headers"))
+
+    async def status(self, target: Target, gateway: Gateway) -> Status:
+        manifest = target.options.get("status_url")
+        if manifest:
+            return await check_manifest(gateway, target, manifest)
+        return await check_models(gateway, target)
 
 
 @hookimpl
-def register_backends(register) -> None:  # type: ignore[no-untyped-def]
-    register(BACKEND, validate=validate_target)
-
-
-@hookimpl
-async def dispatch(target: Target, call: Call, gateway: Gateway) -> UpstreamResponse | None:
-    if target.backend != BACKEND:
-        return None
-    return await post_openai(gateway, target, call, headers=target.options.get("headers"))
-
-
-@hookimpl
-async def report_status(target: Target, gateway: Gateway) -> Status | None:
-    if target.backend != BACKEND:
-        return None
-    manifest = target.options.get("status_url")
-    if manifest:
-        return await check_manifest(gateway, target, manifest)
-    return await check_models(gateway, target)
+def register_backends(register: Callable[[Backend], None]) -> None:
+    register(OpenAIBackend())
