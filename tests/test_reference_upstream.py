@@ -19,6 +19,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
 from first_proxy.testing import ReferenceUpstream, eventually
+from first_proxy.testing.openai_answers import MAX_REPLY_CHARS
 
 MODEL = "reference-model"
 WORDS = "alpha beta gamma delta"
@@ -184,6 +185,14 @@ async def test_the_finish_reason_says_what_ended_the_answer(
     assert data["choices"][0]["finish_reason"] == finish
     raw = await stream(http, reference_upstream, "chat/completions", body)
     assert raw[-1]["choices"][0]["finish_reason"] == finish
+
+
+async def test_an_answer_stops_at_the_models_context(
+        http: aiohttp.ClientSession, reference_upstream: ReferenceUpstream) -> None:
+    body = {"model": MODEL, "prompt": ["x" * 10_000, "y " * 10_000], "n": 2}
+    _, data = await post(http, reference_upstream, "completions", body)
+    assert [(len(c["text"]), c["finish_reason"]) for c in data["choices"]] == \
+        [(MAX_REPLY_CHARS, "length")] * 4
 
 
 #: Completions prompts, and the text of each prompt's choices.

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MAX_CHOICES", "MAX_DIMENSIONS", "MAX_N", "Ask", "BadRequest", "parse_body", "read_ask"]
+__all__ = ["Ask", "BadRequest", "parse_body", "read_ask"]
 
 #: OpenAI's schema maximum for ``n``.
 MAX_N = 128
@@ -76,8 +76,8 @@ def read_ask(endpoint: str, body: Any) -> Ask:
         text, tokens = _chat_text(body.get("messages"))
         prompts = (text,)
         limit = _optional_int(body, "max_completion_tokens", 0)
-        if limit is None:
-            limit = _optional_int(body, "max_tokens", 0)
+        older = _optional_int(body, "max_tokens", 0)
+        limit = older if limit is None else limit
     else:
         prompts, tokens = _prompts(body.get("prompt"))
         limit = _optional_int(body, "max_tokens", 0)
