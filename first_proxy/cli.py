@@ -93,7 +93,7 @@ async def _serve(config_path: Path, host: str | None, port: int | None, demo: bo
     if demo:
         from .testing.upstream import ReferenceUpstream
 
-        upstream = ReferenceUpstream(models=["demo-model"])
+        upstream = ReferenceUpstream(models=["demo-model"], max_received=0)
         os.environ[DEMO_URL_VARIABLE] = await upstream.start()
         click.echo(f"demo upstream: serving demo-model at {upstream.url}")
     try:

@@ -297,6 +297,7 @@ def test_the_bundled_gateway_yaml_parses_with_its_defaults() -> None:
     (demo,) = config.models["demo-model"].targets
     assert demo.url == "http://127.0.0.1:8001/v1"
     assert demo.backend == "openai"
+    assert (demo.cluster, demo.framework) == ("local", "vllm")  # the user guide's pinned path
     (key,) = config.auth.api_keys
     assert key.sha256 == hashlib.sha256(b"demo-key-change-me").hexdigest()
     assert config.store == f"sqlite:///{(REPO / 'first-proxy.db').resolve()}"
