@@ -16,9 +16,9 @@ from typing import Any
 import click
 
 from . import __version__
-from .config import GatewayConfig, load_config
+from .config import GatewayConfig, read_config
 from .errors import ConfigError
-from .gateway import check_wiring
+from .gateway import config_problems
 from .plugins import get_plugin_manager, list_plugins
 
 __all__ = ["cli", "main"]
@@ -33,12 +33,21 @@ config_option = click.option(
 
 
 def _load(config_path: Path) -> GatewayConfig:
+    """gateway.yaml, valid; a ClickException listing its problems otherwise."""
+    config = _read(config_path)
+    if config.problems:
+        raise click.ClickException(str(ConfigError(config.source, list(config.problems))))
+    return config
+
+
+def _read(config_path: Path) -> GatewayConfig:
+    """gateway.yaml as far as it can be read, its problems in ``problems``."""
     if not config_path.exists():
         raise click.ClickException(
             f"{config_path} does not exist. Pass --config PATH, or start from the gateway.yaml "
             "in the first-proxy repository.")
     try:
-        return load_config(config_path)
+        return read_config(config_path)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -96,7 +105,8 @@ async def _serve(config_path: Path, host: str | None, port: int | None, demo: bo
         os.environ[DEMO_URL_VARIABLE] = await upstream.start()
         click.echo(f"demo upstream: serving demo-model at {upstream.url}")
     try:
-        config = _load(config_path)
+        # Read as far as it goes: start-up reports the file's problems with the plugins'.
+        config = _read(config_path)
         runner = web.AppRunner(create_app(config), handler_cancellation=True,
                                shutdown_timeout=config.server.shutdown_grace)
         await runner.setup()
@@ -146,9 +156,9 @@ def check(config_path: Path) -> None:
     Exits 0 and prints a summary when it is right; otherwise prints every problem with its
     key path and exits 1.
     """
-    config = _load(config_path)
+    config = _read(config_path)
     pm = get_plugin_manager(blocked=config.disabled_plugins)
-    problems = check_wiring(config, pm)
+    problems = config_problems(config, pm)
     if problems:
         raise click.ClickException(str(ConfigError(config.source, problems)))
     targets = config.targets()

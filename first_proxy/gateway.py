@@ -22,7 +22,7 @@ from .requestlog import RequestLog, RequestRecord
 from .store import Store, open_store
 from .types import Status, Target
 
-__all__ = ["Gateway", "check_wiring"]
+__all__ = ["Gateway", "check_wiring", "config_problems"]
 
 log = logging.getLogger("first_proxy")
 
@@ -85,7 +85,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        problems = check_wiring(self.config, self.pm)
+        problems = config_problems(self.config, self.pm)
         if problems:
             raise ConfigError(self.config.source, problems)
         self.store = await open_store(self.config.store)
@@ -165,6 +165,25 @@ class Gateway:
         while True:
             await self.refresh_statuses()
             await asyncio.sleep(self.config.status.interval)
+
+
+def config_problems(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[str, str]]:
+    """Everything wrong with ``config`` for the plugins of ``pm``, in file order.
+
+    That is what reading the file found (``config.problems``) and what :func:`check_wiring`
+    finds, leaving out what it says about a key the reading already reported: the value
+    there is one the file got wrong, not one the plugins cannot serve.
+    """
+    found = list(config.problems)
+    reported = {path for path, _ in found}
+    for problem in check_wiring(config, pm):
+        if not any(_within(problem[0], path) for path in reported):
+            found.append(problem)
+    return config.in_file_order(found)
+
+
+def _within(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith((f"{prefix}.", f"{prefix}["))
 
 
 def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[str, str]]:

@@ -96,6 +96,42 @@ def test_check_reports_an_unknown_backend(tmp_path: Path) -> None:
         in result.output
 
 
+#: The file of the report: a typo'd key, a URL without a scheme and an unknown backend.
+THREE_PROBLEMS = """\
+server: {host: 127.0.0.1, prot: 8080}
+models:
+  llama:
+    targets:
+      - {name: local, backend: openai, url: localhost:8000/v1}
+      - {name: cluster, backend: slurm-magic, url: http://gpu-node:8000/v1}
+"""
+THREE_PROBLEM_LINES = [
+    "  server.prot: unknown key; expected one of: host, max_body_bytes, port, shutdown_grace",
+    "  models.llama.targets[0].url: expected an http:// or https:// URL, got 'localhost:8000/v1'",
+    "  models.llama.targets[1].backend: no installed plugin dispatches backend 'slurm-magic' "
+    "(installed backends: ",
+]
+
+
+def assert_three_problems(output: str, path: Path) -> None:
+    """``output`` reports the three problems of THREE_PROBLEMS, once each, in file order."""
+    lines = output.splitlines()
+    start = lines.index(f"Error: {path}: 3 problem(s)")
+    reported = lines[start + 1 : start + 4]
+    assert [line[: len(expected)] for line, expected in zip(reported, THREE_PROBLEM_LINES)] == (
+        THREE_PROBLEM_LINES), output
+    assert len(lines) == start + 4, output
+    assert "Traceback" not in output
+
+
+def test_check_reports_every_problem_of_a_file_in_one_run(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(THREE_PROBLEMS)
+    result = run_cli("check", "--config", str(path))
+    assert result.exit_code == 1
+    assert_three_problems(result.output, path)
+
+
 def test_check_on_a_missing_file(tmp_path: Path) -> None:
     result = run_cli("check", "--config", str(tmp_path / "nowhere.yaml"))
     assert result.exit_code == 1

@@ -300,9 +300,9 @@ async def test_hook_check_config(make_gateway: Any, reference_upstream: Referenc
                             "models": {**models, "n": {"targets": [{"backend": "nobody"}]}}},
                            plugins=[ReferenceBackend(), settings, Quiet()])
     assert caught.value.problems == [
+        ("plugins.settings.region", "no cluster named 'mars'"),
         ("models.n.targets[0].backend",
-         "no installed plugin dispatches backend 'nobody' (installed backends: reference)"),
-        ("plugins.settings.region", "no cluster named 'mars'")]
+         "no installed plugin dispatches backend 'nobody' (installed backends: reference)")]
     assert not settings.started
     server = await make_gateway({"plugins": {"settings": {"region": "polaris"}},
                                  "clusters": {"polaris": {}}, "models": models},
