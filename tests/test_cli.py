@@ -22,6 +22,7 @@ from click.testing import CliRunner, Result
 
 from first_proxy.cli import cli
 from first_proxy.plugins import BUILTIN_PLUGINS
+from first_proxy.requestlog import COLUMNS
 from first_proxy.testing import TEST_KEY, ReferenceBackend, ReferenceUpstream
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,15 +203,84 @@ async def test_requests_reads_what_a_gateway_wrote(
     result = await asyncio.to_thread(run_cli, "requests", "--config", str(config))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split()[:6] == ["time", "user", "model", "target", "status", "ms"]
+    assert lines[0].split() == ["request_id", "time", "user", "model", "target", "status",
+                                "error", "ms", "ttft", "tokens", "in/out"]
     rows = [line.split() for line in lines[2:]]
     assert len(rows) == 2
-    assert all(row[2:6] == ["key:tester", "m", "a", "200"] for row in rows)
+    assert all(row[3:8] == ["key:tester", "m", "a", "200", "-"] for row in rows)
     # Newest first: the second request had two completion tokens.
     assert rows[0][-1].endswith("/2") and rows[1][-1].endswith("/1")
 
     one = await asyncio.to_thread(run_cli, "requests", "-n", "1", "--config", str(config))
     assert len(one.output.splitlines()) == 3
+
+
+async def test_requests_finds_what_a_user_reports(
+    make_gateway: Any, reference_upstream: ReferenceUpstream, store_url: str, tmp_path: Path
+) -> None:
+    models = {
+        "m": {"targets": [{"name": "a", "backend": "reference", "url": reference_upstream.url,
+                           "model": "reference-model"}]},
+        "down": {"targets": [{"name": "gone", "backend": "reference",
+                              "url": f"http://127.0.0.1:{free_port()}/v1"}]},
+    }
+    config = write_config(tmp_path / "gateway.yaml", {"store": store_url, "models": models})
+    server = await make_gateway({"store": store_url, "models": models},
+                                plugins=[ReferenceBackend()])
+    client = openai.OpenAI(base_url=server.base_url, api_key=TEST_KEY, max_retries=0)
+    hello = [{"role": "user", "content": "hello"}]
+    answered = await asyncio.to_thread(client.chat.completions.with_raw_response.create,
+                                       model="m", messages=hello)
+    reported = answered.headers["X-Request-Id"]
+    with pytest.raises(openai.APIStatusError) as down:
+        await asyncio.to_thread(client.chat.completions.create, model="down", messages=hello)
+    with pytest.raises(openai.NotFoundError):
+        await asyncio.to_thread(client.chat.completions.create, model="nope", messages=hello)
+    await server.close()
+
+    async def requests(*args: str) -> Result:
+        return await asyncio.to_thread(run_cli, "requests", "--config", str(config), *args)
+
+    by_id = await requests("--id", reported)
+    assert by_id.exit_code == 0, by_id.output
+    [row] = [line.split() for line in by_id.output.splitlines()[2:]]
+    assert row[0] == reported and row[3:8] == ["key:tester", "m", "a", "200", "-"]
+
+    absent = await requests("--id", "req-that-never-was")
+    assert absent.exit_code == 1
+    assert "no request with id 'req-that-never-was' in the request log" in absent.output
+
+    failed = await requests("--status", "5xx", "--json")
+    assert failed.exit_code == 0, failed.output
+    [line] = failed.output.splitlines()
+    row = json.loads(line)
+    assert (row["model"], row["target"], row["status"], row["request_id"]) == (
+        "down", "gone", down.value.status_code, down.value.response.headers["X-Request-Id"])
+    assert row["error"] and set(row) == set(COLUMNS)
+
+    async def found(*args: str) -> list[int]:
+        result = await requests("--json", *args)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["status"] for line in result.output.splitlines()]
+
+    failed = down.value.status_code
+    assert await found("--status", "404") == [404]
+    assert await found("--status", "4XX", "--user", "key:tester") == [404]
+    assert await found("--model", "m", "--status", "200") == [200]
+    assert await found("--model", "down") == [failed]
+    assert await found("--user", "key:someone-else") == []
+    assert await found("--since", "1h") == [404, failed, 200]
+    assert await found("--since", "2999-01-01T00:00") == []
+    assert await found("--id", reported, "--since", "10m") == [200]
+    assert (await requests("--since", "2999-01-01")).output == "No requests match the filters.\n"
+
+    refused = await requests("--id", reported, "--status", "500")
+    assert refused.exit_code == 1
+    assert "that matches the filters" in refused.output
+    for bad in (["--status", "abc"], ["--status", "600"], ["--since", "yesterday"]):
+        result = await requests(*bad)
+        assert result.exit_code == 2
+        assert "Invalid value for" in result.output and repr(bad[1]) in result.output
 
 
 def free_port() -> int:
@@ -285,4 +355,4 @@ async def test_serve_demo_answers_the_openai_sdk_and_stops_cleanly(tmp_path: Pat
     output = (await listing.communicate())[0].decode()
     assert listing.returncode == 0, output
     rows = [line.split() for line in output.splitlines()[2:]]
-    assert [row[2:6] for row in rows] == [["key:demo", "demo-model", "demo", "200"]], output
+    assert [row[3:7] for row in rows] == [["key:demo", "demo-model", "demo", "200"]], output

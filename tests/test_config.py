@@ -21,8 +21,8 @@ from first_proxy.errors import ConfigError
 from first_proxy.gateway import check_wiring, config_problems
 from first_proxy.hookspecs import hookimpl
 from first_proxy.plugins import get_plugin_manager
-from first_proxy.types import Target
 from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, api_keys
+from first_proxy.types import Target
 
 SOURCE = "site/gateway.yaml"
 REPO = Path(__file__).resolve().parents[1]
