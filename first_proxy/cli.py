@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import hashlib
 import json
@@ -11,6 +12,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import click
 
 from . import __version__
 from .config import GatewayConfig, read_config
-from .errors import ConfigError
+from .errors import ConfigError, StartupError, one_line
 from .gateway import config_problems
 from .plugins import get_plugin_manager, list_plugins
 
@@ -71,7 +73,8 @@ def cli() -> None:
 @cli.command()
 @config_option
 @click.option("--host", help="Address to listen on [default: server.host in gateway.yaml].")
-@click.option("--port", type=int, help="Port to listen on [default: server.port in gateway.yaml].")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="Port to listen on [default: server.port in gateway.yaml].")
 @click.option("--demo", is_flag=True,
               help=f"Also start the bundled reference upstream and point ${DEMO_URL_VARIABLE} "
                    "at it, so the demo model answers with no real backend.")
@@ -90,6 +93,11 @@ def serve(config_path: Path, host: str | None, port: int | None, demo: bool,
         asyncio.run(_serve(config_path, host, port, demo))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+    except StartupError as e:
+        if log_level == "debug":
+            traceback.print_exception(e)
+            raise click.ClickException(str(e)) from None
+        raise click.ClickException(f"{e} (--log-level debug shows the traceback)") from None
 
 
 async def _serve(config_path: Path, host: str | None, port: int | None, demo: bool) -> None:
@@ -116,7 +124,10 @@ async def _serve(config_path: Path, host: str | None, port: int | None, demo: bo
         try:
             bind_host = host or config.server.host
             bind_port = config.server.port if port is None else port
-            await web.TCPSite(runner, bind_host, bind_port).start()
+            try:
+                await web.TCPSite(runner, bind_host, bind_port).start()
+            except OSError as e:
+                raise _cannot_listen(bind_host, bind_port, e) from e
             click.echo(f"first-proxy {__version__}: {len(config.models)} model(s) from "
                        f"{config.source}; OpenAI base URL http://{bind_host}:{bind_port}/v1 "
                        "(Ctrl-C stops)")
@@ -131,6 +142,16 @@ async def _serve(config_path: Path, host: str | None, port: int | None, demo: bo
     finally:
         if upstream is not None:
             await upstream.close()
+
+
+def _cannot_listen(host: str, port: int, error: OSError) -> StartupError:
+    if error.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"{host}:{port} is already in use: pass --port with a free port (or set server.port "
+            "in gateway.yaml), or stop the other process listening there.")
+    reason = error.strerror or one_line(error)
+    return StartupError(f"cannot listen on {host}:{port}: {reason}. Pass --host or --port "
+                        "(or set server.host and server.port in gateway.yaml).")
 
 
 #: Python's default (700) collects the youngest generation every few requests under load.

@@ -356,3 +356,131 @@ async def test_serve_demo_answers_the_openai_sdk_and_stops_cleanly(tmp_path: Pat
     assert listing.returncode == 0, output
     rows = [line.split() for line in output.splitlines()[2:]]
     assert [row[3:7] for row in rows] == [["key:demo", "demo-model", "demo", "200"]], output
+
+
+# -- start-up errors of the real `first-proxy serve`: one line each ---------------------------
+
+
+async def serve_until_it_exits(tmp_path: Path, config: Path, *args: str,
+                               env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``first-proxy serve`` on ``config``; its exit code and output once it gave up."""
+    log = tmp_path / "serve.log"
+    environ = {**os.environ, **(env or {})}
+    environ.pop("FIRST_PROXY_CONFIG", None)
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            *first_proxy_command(), "serve", "--config", str(config), *args,
+            cwd=tmp_path, env=environ, stdout=out, stderr=out)
+    try:
+        async with asyncio.timeout(60):
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return code, output_of(log)
+
+
+def error_line(output: str) -> str:
+    """The one line of ``output`` that reports the error; no traceback anywhere."""
+    assert "Traceback" not in output, output
+    [line] = [line for line in output.splitlines() if line.startswith("Error: ")]
+    return line
+
+
+def minimal_config(tmp_path: Path, store: str) -> Path:
+    return write_config(tmp_path / "gateway.yaml", {"store": store, "status": {"interval": 3600},
+                                                    "auth": GOOD["auth"]})
+
+
+async def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    config = minimal_config(tmp_path, f"sqlite:///{tmp_path}/g.db")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = await serve_until_it_exits(tmp_path, config, "--port", str(port))
+    assert code == 1, output
+    line = error_line(output)
+    assert f"127.0.0.1:{port} is already in use" in line
+    assert "--port" in line and "stop the other process" in line
+
+
+async def test_serve_with_an_unreachable_postgres_says_so_in_one_line(tmp_path: Path) -> None:
+    closed = free_port()
+    config = minimal_config(tmp_path, f"postgresql://postgres:pw-not-shown@127.0.0.1:{closed}/db")
+    code, output = await serve_until_it_exits(tmp_path, config, "--port", str(free_port()))
+    assert code == 1, output
+    line = error_line(output)
+    assert f"cannot open the store postgresql://postgres@127.0.0.1:{closed}/db: " in line
+    assert "ConnectionRefusedError" in line and "PostgreSQL" in line
+    assert "pw-not-shown" not in output
+
+
+async def test_serve_with_an_unwritable_sqlite_path_says_so_in_one_line(tmp_path: Path) -> None:
+    # A file where the database's directory should be: no user, root included, can write there.
+    (tmp_path / "not-a-directory").write_text("")
+    path = tmp_path / "not-a-directory" / "log.db"
+    code, output = await serve_until_it_exits(
+        tmp_path, minimal_config(tmp_path, f"sqlite:///{path}"), "--port", str(free_port()))
+    assert code == 1, output
+    line = error_line(output)
+    assert f"cannot open the store {path}: " in line and "store: in gateway.yaml" in line
+
+
+LICENCE_CHECK = '''\
+"""A plugin whose start-up fails: it must reach a licence server that is not there."""
+
+import asyncio
+
+from first_proxy import hookimpl
+
+
+@hookimpl
+async def startup(gateway):
+    port = gateway.plugin_config("licence_check")["port"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.close()
+'''
+
+
+def install_licence_check(site: Path) -> dict[str, str]:
+    """Install the plugin ``licence_check`` into ``site``; the environment that finds it."""
+    site.mkdir()
+    (site / "licence_check.py").write_text(LICENCE_CHECK)
+    info = site / "licence_check-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: licence-check\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[first_proxy]\nlicence_check = licence_check\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
+async def test_serve_with_a_plugin_that_cannot_start_names_it_in_one_line(
+    tmp_path: Path,
+) -> None:
+    env = install_licence_check(tmp_path / "site")
+    closed = free_port()
+    config = write_config(tmp_path / "gateway.yaml", {
+        "store": f"sqlite:///{tmp_path}/g.db", "plugins": {"licence_check": {"port": closed}}})
+    code, output = await serve_until_it_exits(tmp_path, config, "--port", str(free_port()),
+                                              env=env)
+    assert code == 1, output
+    line = error_line(output)
+    assert line.startswith("Error: plugin licence_check could not start: ConnectionRefusedError")
+    assert line.endswith("(--log-level debug shows the traceback)")
+
+    code, output = await serve_until_it_exits(tmp_path, config, "--port", str(free_port()),
+                                              "--log-level", "debug", env=env)
+    assert code == 1, output
+    assert "Traceback (most recent call last)" in output
+    assert "asyncio.open_connection" in output
+    assert output.rstrip().splitlines()[-1].startswith("Error: plugin licence_check could not")
+
+
+async def test_serve_reports_every_problem_of_a_file_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(THREE_PROBLEMS)
+    code, output = await serve_until_it_exits(tmp_path, config)
+    assert code == 1, output
+    assert_three_problems(output, config)
