@@ -14,15 +14,15 @@ import aiohttp
 import pluggy
 
 from .config import GatewayConfig, ModelConfig
-from .errors import ConfigError
+from .errors import ConfigError, StartupError, one_line
 from .hooks import Hooks, registered_backends
 from .inflight import SHUTTING_DOWN, InFlight
 from .metrics import Metrics
 from .requestlog import RequestLog, RequestRecord
-from .store import Store, open_store
+from .store import Store, open_store, store_label
 from .types import Status, Target
 
-__all__ = ["Gateway", "check_wiring"]
+__all__ = ["Gateway", "check_wiring", "config_problems"]
 
 log = logging.getLogger("first_proxy")
 
@@ -85,10 +85,10 @@ class Gateway:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        problems = check_wiring(self.config, self.pm)
+        problems = config_problems(self.config, self.pm)
         if problems:
             raise ConfigError(self.config.source, problems)
-        self.store = await open_store(self.config.store)
+        self.store = await _open_store(self.config.store)
         self.request_log = RequestLog(self.store, self.config.request_log, self.metrics)
         self.request_log.start()
         self.in_flight.start()
@@ -165,6 +165,39 @@ class Gateway:
         while True:
             await self.refresh_statuses()
             await asyncio.sleep(self.config.status.interval)
+
+
+async def _open_store(url: str) -> Store:
+    try:
+        return await open_store(url)
+    except Exception as e:
+        if url.startswith("sqlite:///"):
+            hint = ("Make sure its directory can be created and written, or set store: in "
+                    "gateway.yaml to a path that can")
+        else:
+            hint = ("Check that PostgreSQL runs there and lets this user in, or fix store: in "
+                    "gateway.yaml")
+        raise StartupError(f"cannot open the store {store_label(url)}: {one_line(e)}. "
+                           f"{hint}.") from e
+
+
+def config_problems(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[str, str]]:
+    """Everything wrong with ``config`` for the plugins of ``pm``, in file order.
+
+    That is what reading the file found (``config.problems``) and what :func:`check_wiring`
+    finds, leaving out what it says about a key the reading already reported: the value
+    there is one the file got wrong, not one the plugins cannot serve.
+    """
+    found = list(config.problems)
+    reported = {path for path, _ in found}
+    for problem in check_wiring(config, pm):
+        if not any(_within(problem[0], path) for path in reported):
+            found.append(problem)
+    return config.in_file_order(found)
+
+
+def _within(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith((f"{prefix}.", f"{prefix}["))
 
 
 def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from .errors import ConfigError, StartupError, one_line
 from .types import Call, Denial, Identity, Status, Target, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -22,6 +23,15 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 
 __all__ = ["Hooks", "registered_backends"]
+
+
+class _PluginFailed(Exception):
+    """The hook of the plugin ``plugin`` raised ``error``."""
+
+    def __init__(self, plugin: str, error: Exception) -> None:
+        super().__init__(f"{plugin}: {error}")
+        self.plugin = plugin
+        self.error = error
 
 
 def registered_backends(pm: pluggy.PluginManager) -> dict[str, Callable[..., Any] | None]:
@@ -62,6 +72,7 @@ class _Caller:
         # them all), and whether it is ``async def`` (its result is then surely awaited).
         self._calls = [(impl.function, _picker(hook.spec.argnames, impl.argnames),
                         inspect.iscoroutinefunction(impl.function)) for impl in impls]
+        self._plugins = [impl.plugin_name for impl in impls]
 
     async def first(self, *args: Any) -> Any:
         """The first answer that is not None; later implementations are not called."""
@@ -85,6 +96,19 @@ class _Caller:
             if result is not None:
                 results.append(result)
         return results
+
+    async def each(self, *args: Any) -> None:
+        """Call every implementation, one after another; a failure is raised as
+        :class:`_PluginFailed`, naming the plugin."""
+        gateway = self._gateway
+        for plugin, (function, pick, _) in zip(self._plugins, self._calls):
+            try:
+                result = function(*args, gateway) if pick is None else function(
+                    *pick((*args, gateway)))
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as e:
+                raise _PluginFailed(plugin, e) from e
 
     async def first_of_all(self, *args: Any) -> Any:
         """Call every implementation; the first answer that is not None."""
@@ -147,8 +171,18 @@ class Hooks:
             _Caller(pm, "report_status", gateway).first
 
     async def startup(self) -> None:
-        # One plugin after another: each is started (awaited) before the next is called.
-        await _Caller(self.pm, "startup", self.gateway).all()
+        """One plugin after another: each is started (awaited) before the next is called.
+
+        A plugin that fails raises :class:`StartupError` naming it, or its own
+        :class:`ConfigError` as it is.
+        """
+        try:
+            await _Caller(self.pm, "startup", self.gateway).each()
+        except _PluginFailed as failed:
+            if isinstance(failed.error, ConfigError):
+                raise failed.error from None
+            raise StartupError(f"plugin {failed.plugin} could not start: "
+                               f"{one_line(failed.error)}") from failed.error
 
     async def shutdown(self) -> None:
         await _Caller(self.pm, "shutdown", self.gateway).all()

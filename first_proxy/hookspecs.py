@@ -52,7 +52,8 @@ def check_config(config: GatewayConfig) -> list[tuple[str, str]] | None:
     needs. Return ``None`` or ``[]`` when all is well. Called by ``first-proxy check`` and at
     start-up, before any ``startup`` hook, so it must be synchronous and do no I/O. Every
     plugin is asked; all the problems of all plugins are reported together with the core's,
-    and the gateway refuses to start while there are any.
+    and the gateway refuses to start while there are any. It is asked even when the core found
+    problems elsewhere in the file: ``config`` then holds what could be read.
     """
 
 

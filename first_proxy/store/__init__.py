@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from .base import Store
+import re
 
-__all__ = ["Store", "open_store"]
+from .base import RequestQuery, Store
+
+__all__ = ["RequestQuery", "Store", "open_store", "store_label"]
+
+
+def store_label(url: str) -> str:
+    """``url`` as it may be shown: a SQLite file's path; a PostgreSQL URL without its password
+    or query (which may hold one)."""
+    if url.startswith("sqlite:///"):
+        return url.removeprefix("sqlite:///")
+    scheme, _, rest = url.partition("://")
+    place = re.split(r"[?#]", rest, maxsplit=1)[0]
+    credentials, at, address = place.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}{at}{address}"
 
 
 async def open_store(url: str) -> Store:
@@ -19,5 +33,9 @@ async def open_store(url: str) -> Store:
         store = PostgresStore(url)
     else:
         raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://...")
-    await store.open()
+    try:
+        await store.open()
+    except BaseException:  # a migration that failed: close what did open
+        await store.close()
+        raise
     return store

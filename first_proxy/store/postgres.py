@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..requestlog import COLUMNS, RequestRecord
-from .schema import COLUMN_LIST, MIGRATIONS
+from .base import RequestQuery
+from .schema import COLUMN_LIST, MIGRATIONS, select_requests
 
 __all__ = ["PostgresStore"]
 
@@ -54,7 +55,10 @@ class PostgresStore:
             await conn.executemany(_INSERT, [tuple(getattr(r, c) for c in COLUMNS) for r in rows])
 
     async def recent_requests(self, limit: int = 50) -> list[dict[str, Any]]:
+        return await self.find_requests(RequestQuery(limit=limit))
+
+    async def find_requests(self, query: RequestQuery) -> list[dict[str, Any]]:
+        sql, values = select_requests(query, lambda n: f"${n}")
         async with self._require().acquire() as conn:
-            rows = await conn.fetch(
-                f"SELECT {COLUMN_LIST} FROM requests ORDER BY ts DESC, id DESC LIMIT $1", limit)
+            rows = await conn.fetch(sql, *values)
         return [dict(row) for row in rows]

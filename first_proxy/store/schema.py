@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from ..requestlog import COLUMNS
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["COLUMN_LIST", "MIGRATIONS"]
+from ..requestlog import COLUMNS
+from .base import RequestQuery
+
+__all__ = ["COLUMN_LIST", "MIGRATIONS", "select_requests"]
 
 #: The request-log columns, quoted for SQL ("user" is a reserved word in PostgreSQL).
 COLUMN_LIST = ", ".join(f'"{c}"' for c in COLUMNS)
@@ -34,4 +38,39 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX requests_ts ON requests (ts);
     CREATE INDEX requests_user_ts ON requests ("user", ts);
     """,
+    # `first-proxy requests --id`: the id a caller quotes from X-Request-Id.
+    """
+    CREATE INDEX requests_request_id ON requests (request_id);
+    """,
 )
+
+
+def select_requests(query: RequestQuery,
+                    placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """The SELECT that answers ``query``, and its parameters in order.
+
+    ``placeholder(n)`` writes the database's marker for the n-th parameter (from 1); every
+    value the query matches goes in as a parameter, never into the SQL text.
+    """
+    conditions: list[str] = []
+    values: list[Any] = []
+
+    def match(condition: str, value: Any) -> None:
+        values.append(value)
+        conditions.append(condition.format(placeholder(len(values))))
+
+    if query.request_id is not None:
+        match("request_id = {}", query.request_id)
+    if query.user is not None:
+        match('"user" = {}', query.user)
+    if query.model is not None:
+        match("model = {}", query.model)
+    if query.statuses is not None:
+        match("status >= {}", query.statuses[0])
+        match("status <= {}", query.statuses[1])
+    if query.since is not None:
+        match("ts >= {}", query.since)
+    values.append(query.limit)
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return (f"SELECT {COLUMN_LIST} FROM requests{where} ORDER BY ts DESC, id DESC "
+            f"LIMIT {placeholder(len(values))}", values)

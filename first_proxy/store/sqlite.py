@@ -12,7 +12,8 @@ from typing import Any
 import aiosqlite
 
 from ..requestlog import COLUMNS, RequestRecord
-from .schema import COLUMN_LIST, MIGRATIONS
+from .base import RequestQuery
+from .schema import COLUMN_LIST, MIGRATIONS, select_requests
 
 __all__ = ["SQLiteStore"]
 
@@ -78,10 +79,11 @@ class SQLiteStore:
         await db.commit()
 
     async def recent_requests(self, limit: int = 50) -> list[dict[str, Any]]:
-        db = self._require()
-        cursor = await db.execute(
-            f"SELECT {COLUMN_LIST} FROM requests "
-            "ORDER BY ts DESC, id DESC LIMIT ?", (limit,))
+        return await self.find_requests(RequestQuery(limit=limit))
+
+    async def find_requests(self, query: RequestQuery) -> list[dict[str, Any]]:
+        sql, values = select_requests(query, lambda n: "?")
+        cursor = await self._require().execute(sql, values)
         rows = await cursor.fetchall()
         return [{c: (bool(row[c]) if c == "stream" else row[c]) for c in COLUMNS} for row in rows]
 
