@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
+import traceback
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .config import GatewayConfig, load_config
-from .errors import ConfigError
-from .gateway import check_wiring
+from .config import GatewayConfig, read_config
+from .errors import ConfigError, StartupError, one_line
+from .gateway import config_problems
 from .plugins import get_plugin_manager, list_plugins
 
 __all__ = ["cli", "main"]
@@ -33,12 +37,21 @@ config_option = click.option(
 
 
 def _load(config_path: Path) -> GatewayConfig:
+    """gateway.yaml, valid; a ClickException listing its problems otherwise."""
+    config = _read(config_path)
+    if config.problems:
+        raise click.ClickException(str(ConfigError(config.source, list(config.problems))))
+    return config
+
+
+def _read(config_path: Path) -> GatewayConfig:
+    """gateway.yaml as far as it can be read, its problems in ``problems``."""
     if not config_path.exists():
         raise click.ClickException(
             f"{config_path} does not exist. Pass --config PATH, or start from the gateway.yaml "
             "in the first-proxy repository.")
     try:
-        return load_config(config_path)
+        return read_config(config_path)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -60,7 +73,8 @@ def cli() -> None:
 @cli.command()
 @config_option
 @click.option("--host", help="Address to listen on [default: server.host in gateway.yaml].")
-@click.option("--port", type=int, help="Port to listen on [default: server.port in gateway.yaml].")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="Port to listen on [default: server.port in gateway.yaml].")
 @click.option("--demo", is_flag=True,
               help=f"Also start the bundled reference upstream and point ${DEMO_URL_VARIABLE} "
                    "at it, so the demo model answers with no real backend.")
@@ -79,6 +93,11 @@ def serve(config_path: Path, host: str | None, port: int | None, demo: bool,
         asyncio.run(_serve(config_path, host, port, demo))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+    except StartupError as e:
+        if log_level == "debug":
+            traceback.print_exception(e)
+            raise click.ClickException(str(e)) from None
+        raise click.ClickException(f"{e} (--log-level debug shows the traceback)") from None
 
 
 async def _serve(config_path: Path, host: str | None, port: int | None, demo: bool) -> None:
@@ -93,18 +112,22 @@ async def _serve(config_path: Path, host: str | None, port: int | None, demo: bo
     if demo:
         from .testing.upstream import ReferenceUpstream
 
-        upstream = ReferenceUpstream(models=["demo-model"])
+        upstream = ReferenceUpstream(models=["demo-model"], max_received=0)
         os.environ[DEMO_URL_VARIABLE] = await upstream.start()
         click.echo(f"demo upstream: serving demo-model at {upstream.url}")
     try:
-        config = _load(config_path)
+        # Read as far as it goes: start-up reports the file's problems with the plugins'.
+        config = _read(config_path)
         runner = GatewayRunner(create_app(config))
         await runner.setup()
         _tune_gc()
         try:
             bind_host = host or config.server.host
             bind_port = config.server.port if port is None else port
-            await web.TCPSite(runner, bind_host, bind_port).start()
+            try:
+                await web.TCPSite(runner, bind_host, bind_port).start()
+            except OSError as e:
+                raise _cannot_listen(bind_host, bind_port, e) from e
             click.echo(f"first-proxy {__version__}: {len(config.models)} model(s) from "
                        f"{config.source}; OpenAI base URL http://{bind_host}:{bind_port}/v1 "
                        "(Ctrl-C stops)")
@@ -119,6 +142,16 @@ async def _serve(config_path: Path, host: str | None, port: int | None, demo: bo
     finally:
         if upstream is not None:
             await upstream.close()
+
+
+def _cannot_listen(host: str, port: int, error: OSError) -> StartupError:
+    if error.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"{host}:{port} is already in use: pass --port with a free port (or set server.port "
+            "in gateway.yaml), or stop the other process listening there.")
+    reason = error.strerror or one_line(error)
+    return StartupError(f"cannot listen on {host}:{port}: {reason}. Pass --host or --port "
+                        "(or set server.host and server.port in gateway.yaml).")
 
 
 #: Python's default (700) collects the youngest generation every few requests under load.
@@ -146,9 +179,9 @@ def check(config_path: Path) -> None:
     Exits 0 and prints a summary when it is right; otherwise prints every problem with its
     key path and exits 1.
     """
-    config = _load(config_path)
+    config = _read(config_path)
     pm = get_plugin_manager(blocked=config.disabled_plugins)
-    problems = check_wiring(config, pm)
+    problems = config_problems(config, pm)
     if problems:
         raise click.ClickException(str(ConfigError(config.source, problems)))
     targets = config.targets()
@@ -196,33 +229,98 @@ def hash_key(key: str | None) -> None:
     click.echo(hashlib.sha256(key.encode()).hexdigest())
 
 
+def _statuses(ctx: click.Context, param: click.Parameter,
+              value: str | None) -> tuple[int, int] | None:
+    """``--status``: one code (``429``) or a class (``5xx``), as the lowest and highest status."""
+    if value is None:
+        return None
+    if re.fullmatch(r"[1-5][0-9][0-9]", value):
+        return int(value), int(value)
+    if re.fullmatch(r"[1-5]xx", value.lower()):
+        return int(value[0]) * 100, int(value[0]) * 100 + 99
+    raise click.BadParameter(f"expected a status code such as 429 or a class such as 5xx, "
+                             f"got {value!r}")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--since``: a time ago (``10m``, ``2h``, ``1d``) or an ISO time, as a Unix time."""
+    if value is None:
+        return None
+    ago = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value)
+    if ago:
+        return time.time() - float(ago[1]) * _UNITS[ago[2]]
+    try:
+        return datetime.fromisoformat(value).timestamp()  # no zone: local time
+    except ValueError:
+        raise click.BadParameter(f"expected a time ago such as 30s, 10m, 2h or 1d, or an ISO "
+                                 f"time such as 2025-06-01T14:30, got {value!r}") from None
+
+
 @cli.command()
 @config_option
-@click.option("--limit", "-n", default=20, show_default=True, help="How many rows.")
-def requests(config_path: Path, limit: int) -> None:
-    """Show the newest rows of the request log (from the configured store)."""
-    from .store import open_store
+@click.option("--id", "request_id", metavar="ID",
+              help="The request with this id: the X-Request-Id header of its answer.")
+@click.option("--user", help="Only this user's requests, as the table shows them (key:alice).")
+@click.option("--model", help="Only requests for this model.")
+@click.option("--status", "statuses", metavar="CODE", callback=_statuses,
+              help="Only this status (429) or class of statuses (5xx).")
+@click.option("--since", metavar="WHEN", callback=_since,
+              help="Only requests since then: 10m or 2h ago, or an ISO time.")
+@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many rows at most.")
+@click.option("--json", "as_json", is_flag=True, help="Print each row as a line of JSON.")
+def requests(config_path: Path, request_id: str | None, user: str | None, model: str | None,
+             statuses: tuple[int, int] | None, since: float | None, limit: int,
+             as_json: bool) -> None:
+    """Show rows of the request log (from the configured store), newest first.
+
+    A caller reporting a problem can quote the X-Request-Id header of the answer; --id finds
+    that request, and exits 1 when the log has no such request.
+    """
+    from .store import RequestQuery, open_store, store_label
 
     config = _load(config_path)
+    query = RequestQuery(request_id=request_id, user=user, model=model, statuses=statuses,
+                         since=since, limit=limit)
 
     async def fetch() -> list[dict[str, Any]]:
         store = await open_store(config.store)
         try:
-            return await store.recent_requests(limit)
+            return await store.find_requests(query)
         finally:
             await store.close()
 
     rows = asyncio.run(fetch())
+    filtered = any(value is not None for value in (user, model, statuses, since))
+    if not rows and request_id is not None:
+        raise click.ClickException(
+            f"no request with id {request_id!r}{' that matches the filters' if filtered else ''}"
+            f" in the request log at {store_label(config.store)}. Check the id (the answer's "
+            "X-Request-Id header) and --config; a request is logged up to "
+            "request_log.flush_interval seconds after its answer.")
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
     if not rows:
-        click.echo("No requests logged yet.")
+        click.echo("No requests match the filters." if filtered else "No requests logged yet.")
         return
     _table(
-        ["time", "user", "model", "target", "status", "ms", "ttft", "tokens in/out"],
-        [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])), r["user"] or "-",
-          r["model"] or "-", r["target"] or "-", str(r["status"]), f"{r['latency_ms']:.0f}",
+        ["request_id", "time", "user", "model", "target", "status", "error", "ms", "ttft",
+         "tokens in/out"],
+        [[r["request_id"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])),
+          _cell(r["user"]), _cell(r["model"]), _cell(r["target"]), str(r["status"]),
+          _cell(r["error"]), f"{r['latency_ms']:.0f}",
           f"{r['ttft_ms']:.0f}" if r["ttft_ms"] is not None else "-",
-          f"{r['prompt_tokens'] or '-'}/{r['completion_tokens'] or '-'}"] for r in rows],
+          f"{_cell(r['prompt_tokens'])}/{_cell(r['completion_tokens'])}"] for r in rows],
     )
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:

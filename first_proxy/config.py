@@ -1,6 +1,9 @@
 """gateway.yaml → typed configuration, with ``${VAR}`` from the environment and clear errors.
 
 Every mistake is collected and reported at once as ``file: key.path: what was expected``.
+:func:`load_config` and :func:`parse_config` raise on any; :func:`read_config` and
+:func:`read_config_data` hand over what they could read, with the problems beside it, for the
+checks that need plugins (``first-proxy check``, start-up) to add theirs.
 """
 
 from __future__ import annotations
@@ -8,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ __all__ = [
     "ModelConfig",
     "load_config",
     "parse_config",
+    "read_config",
+    "read_config_data",
 ]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -108,13 +113,58 @@ class GatewayConfig:
     disabled_plugins: frozenset[str] = frozenset()
     clusters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
+    #: What could not be read, as ``(key path, message)`` in file order; always empty in a
+    #: configuration from :func:`load_config` or :func:`parse_config`. The gateway refuses
+    #: to start while there are any.
+    problems: tuple[tuple[str, str], ...] = ()
+    #: Each key path of the file, numbered in file order; see :meth:`in_file_order`.
+    key_order: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def targets(self) -> list[Target]:
         return [t for m in self.models.values() for t in m.targets]
 
+    def in_file_order(self, problems: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``problems`` sorted by where their key paths are in the file; a path the file does
+        not have (a missing key) sorts with the closest key above it that it has."""
+        return sorted(problems, key=lambda problem: self._position(problem[0]))
+
+    def _position(self, path: str) -> int:
+        while path not in self.key_order:
+            cut = max(path.rfind("."), path.rfind("["))
+            if cut <= 0:
+                return 0
+            path = path[:cut]
+        return self.key_order[path]
+
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read and check a gateway.yaml; raise :class:`ConfigError` listing every problem."""
+    return _valid(read_config(path, environ))
+
+
+def parse_config(
+    data: Any,
+    *,
+    source: str = "<dict>",
+    environ: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> GatewayConfig:
+    """Check an already-parsed configuration mapping (used by tests and ``load_config``)."""
+    return _valid(read_config_data(data, source=source, environ=environ, base_dir=base_dir))
+
+
+def _valid(config: GatewayConfig) -> GatewayConfig:
+    if config.problems:
+        raise ConfigError(config.source, list(config.problems))
+    return config
+
+
+def read_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read a gateway.yaml as far as it goes: what it could read, with ``problems`` set.
+
+    Raises :class:`ConfigError` only when there is nothing to read: the file cannot be read,
+    is not YAML, or is not a mapping.
+    """
     source = str(path)
     try:
         text = Path(path).read_text()
@@ -127,17 +177,20 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(source, [(where, f"not valid YAML: {problem}")]) from None
-    return parse_config(data, source=source, environ=environ, base_dir=Path(path).parent)
+    return read_config_data(data, source=source, environ=environ, base_dir=Path(path).parent)
 
 
-def parse_config(
+def read_config_data(
     data: Any,
     *,
     source: str = "<dict>",
     environ: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
 ) -> GatewayConfig:
-    """Check an already-parsed configuration mapping (used by tests and ``load_config``)."""
+    """:func:`parse_config` that hands over what it could read, with ``problems`` set.
+
+    Raises :class:`ConfigError` only when ``data`` is not a mapping.
+    """
     r = _Reader(source, os.environ if environ is None else environ)
     data = r.interpolate(data if data is not None else {}, "")
     if not isinstance(data, dict):
@@ -164,12 +217,29 @@ def parse_config(
         if not isinstance(value, dict):
             r.problem(f"clusters.{name}", f"expected a mapping, got {_kind(value)}")
     models = _models(r, r.mapping(data, "models", "models"))
-    r.raise_if_any()
-    return GatewayConfig(
+    config = GatewayConfig(
         source=source, server=server, store=store, auth=auth, limits=limits, status=status,
         request_log=request_log, plugins=plugins, disabled_plugins=disabled,
-        clusters=clusters, models=models,
+        clusters=clusters, models=models, key_order=_key_order(data),
     )
+    return replace(config, problems=tuple(config.in_file_order(r.problems)))
+
+
+def _key_order(data: Any) -> dict[str, int]:
+    """Every key path in ``data``, numbered in the order the file has them."""
+    order: dict[str, int] = {}
+
+    def walk(value: Any, path: str) -> None:
+        order.setdefault(path, len(order))
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, _join(path, str(key)))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+
+    walk(data, "")
+    return order
 
 
 def _resolve_store(url: str, base_dir: Path | None, r: _Reader) -> str:
@@ -313,7 +383,11 @@ class _Reader:
         self.problems: list[tuple[str, str]] = []
 
     def problem(self, path: str, message: str) -> None:
-        self.problems.append((path or "(top level)", message))
+        path = path or "(top level)"
+        # One problem per key: a second is about a value the first already refused (the
+        # empty string a missing variable left, say).
+        if all(path != known for known, _ in self.problems):
+            self.problems.append((path, message))
 
     def raise_if_any(self) -> None:
         if self.problems:

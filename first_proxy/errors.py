@@ -17,10 +17,12 @@ __all__ = [
     "RateLimited",
     "RequestTimeout",
     "RequestTooLarge",
+    "StartupError",
     "UpstreamError",
     "UpstreamTimeout",
     "error_body",
     "internal_error",
+    "one_line",
 ]
 
 
@@ -145,3 +147,14 @@ class ConfigError(Exception):
         self.problems = problems
         lines = "\n".join(f"  {path}: {message}" for path, message in problems)
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+class StartupError(Exception):
+    """The gateway cannot start (the store, a plugin, the address); the message says why and
+    what to do, in one line. The exception that caused it is its ``__cause__``."""
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as ``Type: first line of its message``, for one-line reports."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

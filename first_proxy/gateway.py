@@ -14,18 +14,18 @@ from typing import Any
 import aiohttp
 import pluggy
 
-from .backends import Backend, Registered, registered_backends
+from .backends import Backend, registered_backends
 from .config import GatewayConfig, ModelConfig
-from .errors import ConfigError, UpstreamError
+from .errors import ConfigError, StartupError, UpstreamError, one_line
 from .hooks import Hooks
 from .inflight import SHUTTING_DOWN, InFlight
 from .metrics import Metrics
 from .requestlog import RequestLog
 from .status import combine
-from .store import Store, open_store
+from .store import Store, open_store, store_label
 from .types import RequestRecord, Status, Target
 
-__all__ = ["Gateway", "check_wiring"]
+__all__ = ["Gateway", "check_wiring", "config_problems"]
 
 log = logging.getLogger("first_proxy")
 
@@ -114,13 +114,14 @@ class Gateway:
         """Open the store and every plugin's and backend's lifespan; on any failure, close
         what was opened (in reverse) and raise."""
         self.loop = asyncio.get_running_loop()
-        backends, problems = check_wiring(self.config, self.pm)
+        problems = config_problems(self.config, self.pm)
         if problems:
             raise ConfigError(self.config.source, problems)
+        backends, _ = registered_backends(self.pm, skip=self.config.disabled_plugins)
         self._backends = {name: found.backend for name, found in backends.items()}
         stack = self._lifespans
         try:
-            self.store = await open_store(self.config.store, self.hooks.migrations())
+            self.store = await _open_store(self.config.store, self.hooks.migrations())
             stack.push_async_callback(self._close_store)
             self.request_log = RequestLog(self.store, self.config.request_log, self.metrics)
             self.request_log.start()
@@ -129,12 +130,11 @@ class Gateway:
             stack.push_async_callback(self.in_flight.stop)
             stack.push_async_callback(self._close_sessions)
             for name, context in self.hooks.lifespans():
-                await stack.enter_async_context(_Guarded(name, context))
+                await _enter(stack, f"plugin {name}", context)
             for name, found in backends.items():
                 context = found.backend.lifespan(self)
                 if context is not None:
-                    await stack.enter_async_context(
-                        _Guarded(f"backend {name} of {found.plugin}", context))
+                    await _enter(stack, f"backend {name} of plugin {found.plugin}", context)
         except BaseException:
             await stack.aclose()
             raise
@@ -235,6 +235,32 @@ class Gateway:
             await asyncio.sleep(self.config.status.interval)
 
 
+async def _open_store(url: str, plugin_migrations: list[tuple[str, Any]]) -> Store:
+    try:
+        return await open_store(url, plugin_migrations)
+    except Exception as e:
+        if url.startswith("sqlite:///"):
+            hint = ("Make sure its directory can be created and written, or set store: in "
+                    "gateway.yaml to a path that can")
+        else:
+            hint = ("Check that PostgreSQL runs there and lets this user in, or fix store: in "
+                    "gateway.yaml")
+        raise StartupError(f"cannot open the store {store_label(url)}: {one_line(e)}. "
+                           f"{hint}.") from e
+
+
+async def _enter(stack: AsyncExitStack, name: str,
+                 context: AbstractAsyncContextManager[Any]) -> None:
+    """Enter a lifespan on ``stack``; one that fails raises :class:`StartupError` naming it
+    (or its own :class:`ConfigError` as it is)."""
+    try:
+        await stack.enter_async_context(_Guarded(name, context))
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise StartupError(f"{name} could not start: {one_line(e)}") from e
+
+
 class _Guarded:
     """A plugin's lifespan whose failure to close is logged, so the others still close."""
 
@@ -253,10 +279,27 @@ class _Guarded:
             return False
 
 
-def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager,
-                 ) -> tuple[dict[str, Registered], list[tuple[str, str]]]:
-    """The backends plugins register, and what gateway.yaml asks of plugins that they cannot
-    give: unknown plugin sections, unknown or doubly registered backends, what each backend
+def config_problems(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[str, str]]:
+    """Everything wrong with ``config`` for the plugins of ``pm``, in file order.
+
+    That is what reading the file found (``config.problems``) and what :func:`check_wiring`
+    finds, leaving out what it says about a key the reading already reported: the value
+    there is one the file got wrong, not one the plugins cannot serve.
+    """
+    found = list(config.problems)
+    reported = {path for path, _ in found}
+    for problem in check_wiring(config, pm):
+        if not any(_within(problem[0], path) for path in reported):
+            found.append(problem)
+    return config.in_file_order(found)
+
+
+def _within(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith((f"{prefix}.", f"{prefix}["))
+
+
+def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[str, str]]:
+    """What gateway.yaml asks of plugins that they cannot give: unknown plugin sections, unknown or doubly registered backends, what each backend
     finds wrong with its targets, targets on undeclared clusters, and what each plugin's
     ``check_config`` finds wrong with its settings."""
     problems: list[tuple[str, str]] = []
@@ -291,4 +334,4 @@ def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager,
             raise TypeError(f"check_config must be synchronous (def, not async def) and do no "
                             f"I/O; it returned an awaitable in: {', '.join(culprits) or '?'}")
         problems.extend(answer)
-    return backends, problems
+    return problems

@@ -91,7 +91,9 @@ def check_config(config: GatewayConfig) -> list[tuple[str, str]] | None:
     Check what the plugin can see and depends on: its own ``plugins.<name>`` section (read
     ``config.plugins.get(name, {})``), the ``clusters`` settings it reads, anything else it
     needs. Return ``None`` or ``[]`` when all is well. Called by ``first-proxy check`` and at
-    start-up, before any ``lifespan``, so it must be synchronous and do no I/O.
+    start-up, before any ``lifespan``, so it must be synchronous and do no I/O. It is asked
+    even when the core found problems elsewhere in the file: ``config`` then holds what could
+    be read.
 
     **Combines:** every plugin's problems are reported together with the core's, and the
     gateway refuses to start while there are any.

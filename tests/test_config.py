@@ -10,11 +10,19 @@ from typing import Any
 import pytest
 import yaml
 
-from first_proxy.config import GatewayConfig, load_config, parse_config
+from first_proxy.config import (
+    GatewayConfig,
+    load_config,
+    parse_config,
+    read_config,
+    read_config_data,
+)
 from first_proxy.errors import ConfigError
-from first_proxy.gateway import check_wiring
+from first_proxy.gateway import check_wiring, config_problems
+from first_proxy.hookspecs import hookimpl
 from first_proxy.plugins import get_plugin_manager
 from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, api_keys
+from first_proxy.types import Target
 
 SOURCE = "site/gateway.yaml"
 REPO = Path(__file__).resolve().parents[1]
@@ -297,6 +305,7 @@ def test_the_bundled_gateway_yaml_parses_with_its_defaults() -> None:
     (demo,) = config.models["demo-model"].targets
     assert demo.url == "http://127.0.0.1:8001/v1"
     assert demo.backend == "openai"
+    assert (demo.cluster, demo.framework) == ("local", "vllm")  # the user guide's pinned path
     (key,) = config.auth.api_keys
     assert key.sha256 == hashlib.sha256(b"demo-key-change-me").hexdigest()
     assert config.store == f"sqlite:///{(REPO / 'first-proxy.db').resolve()}"
@@ -393,3 +402,102 @@ def test_plugin_settings_reach_the_gateway_without_enabled() -> None:
     config = parse({"plugins": {"site_auth": {"enabled": True, "realm": "lab"}, "bare": None}})
     assert config.plugins == {"site_auth": {"realm": "lab"}, "bare": {}}
     assert config.disabled_plugins == frozenset()
+
+
+# -- every problem of a file at once ---------------------------------------------------------
+
+
+class Picky:
+    """Backend ``picky``: needs a ``url`` and a ``region`` in ``plugins.picky``."""
+
+    __name__ = "picky"
+
+    @hookimpl
+    def register_backends(self, register) -> None:  # type: ignore[no-untyped-def]
+        register("picky", validate=self.validate)
+
+    @staticmethod
+    def validate(target: Target, path: str) -> list[tuple[str, str]]:
+        return [] if target.url else [(f"{path}.url", "required for backend picky")]
+
+    @hookimpl
+    def check_config(self, config: GatewayConfig) -> list[tuple[str, str]]:
+        if "region" in config.plugins.get("picky", {}):
+            return []
+        return [("plugins.picky.region", "required")]
+
+
+#: A typo'd key, a URL without a scheme and an unknown backend, with a good target between.
+THREE_PROBLEMS = {
+    "server": {"host": "127.0.0.1", "prot": 8080},
+    "plugins": {"picky": {"region": "north"}},
+    "models": {"llama": {"targets": [
+        {"name": "local", "backend": "picky", "url": "localhost:8000/v1"},
+        {"name": "fine", "backend": "picky", "url": "http://127.0.0.1:9/v1"},
+        {"name": "cluster", "backend": "slurm-magic", "url": "http://gpu-node:8000/v1"},
+    ]}},
+}
+THREE_PATHS = ["server.prot", "models.llama.targets[0].url", "models.llama.targets[2].backend"]
+
+
+def test_a_file_with_problems_is_read_as_far_as_it_goes() -> None:
+    config = read_config_data(THREE_PROBLEMS, source=SOURCE, environ={})
+    assert [path for path, _ in config.problems] == THREE_PATHS[:2]
+    assert config.server.host == "127.0.0.1"
+    assert config.plugins == {"picky": {"region": "north"}}
+    assert [(t.name, t.backend, t.url) for t in config.models["llama"].targets] == [
+        ("local", "picky", "localhost:8000/v1"), ("fine", "picky", "http://127.0.0.1:9/v1"),
+        ("cluster", "slurm-magic", "http://gpu-node:8000/v1")]
+    # Those that want a valid configuration still get the same problems raised.
+    assert config_error(THREE_PROBLEMS).problems == list(config.problems)
+
+
+def test_the_files_problems_and_the_plugins_come_together_in_file_order() -> None:
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[Picky()])
+    config = read_config_data(THREE_PROBLEMS, source=SOURCE, environ={})
+    problems = config_problems(config, pm)
+    assert [path for path, _ in problems] == THREE_PATHS
+    assert "'slurm-magic'" in problems[2][1] and "picky" in problems[2][1]
+
+    # Plugins' problems sort in too, a missing key with the closest key the file has.
+    moved = {"models": THREE_PROBLEMS["models"], "server": {"prot": 1}, "plugins": {"picky": {}}}
+    config = read_config_data(moved, source=SOURCE, environ={})
+    assert [path for path, _ in config_problems(config, pm)] == [
+        "models.llama.targets[0].url", "models.llama.targets[2].backend", "server.prot",
+        "plugins.picky.region"]
+
+
+def test_a_key_the_file_got_wrong_is_reported_once() -> None:
+    # The unset variable leaves url empty, which picky's validator would also report.
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[Picky()])
+    config = read_config_data({"plugins": {"picky": {"region": "north"}}, "models": {"m": model(
+        target(backend="picky", url="${UPSTREAM}"))}}, source=SOURCE, environ={})
+    problems = config_problems(config, pm)
+    assert [path for path, _ in problems] == ["models.m.targets[0].url"]
+    assert "UPSTREAM" in problems[0][1]
+
+
+def test_a_file_with_problems_is_read_from_disk_too(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(THREE_PROBLEMS, sort_keys=False))
+    config = read_config(path, environ={})
+    assert config.source == str(path)
+    assert [p for p, _ in config.problems] == THREE_PATHS[:2]
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.problems == list(config.problems)
+    path.write_text("models: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_config(path, environ={})
+
+
+async def test_start_up_reports_every_problem_and_starts_nothing(tmp_path: Path) -> None:
+    data = {**THREE_PROBLEMS, "store": f"sqlite:///{tmp_path}/g.db", "auth": api_keys()}
+    picky = Picky()
+    server = GatewayServer(read_config_data(data, source=SOURCE, environ={}), plugins=[picky])
+    with pytest.raises(ConfigError) as info:
+        await server.start()
+    await server.close()
+    assert [path for path, _ in info.value.problems] == THREE_PATHS
+    assert str(info.value).startswith(f"{SOURCE}: 3 problem(s)\n")
+    assert not (tmp_path / "g.db").exists()

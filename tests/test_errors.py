@@ -114,7 +114,7 @@ async def test_bad_bodies_get_400(http: aiohttp.ClientSession, server: GatewaySe
                                   code: str, param: str | None) -> None:
     response = await post(http, server, endpoint, body)
     await expect_error(response, 400, code, param)
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
 
 
 async def test_a_400_names_what_to_fix(http: aiohttp.ClientSession, server: GatewayServer) -> None:
@@ -146,7 +146,7 @@ async def test_unknown_or_missing_credentials_get_401(http: aiohttp.ClientSessio
             error = await expect_error(response, 401, code)
         if "Authorization" in headers:
             assert headers["Authorization"] not in error["message"]
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
 
 
 async def test_the_bearer_scheme_is_case_insensitive(http: aiohttp.ClientSession,
@@ -176,7 +176,7 @@ async def test_model_allowed_groups_refuse_outsiders(http: aiohttp.ClientSession
     error = await expect_error(await post(http, server, "chat/completions", CHAT), 403,
                                "group_not_allowed")
     assert "admins" in error["message"]
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
     allowed = await post(http, server, "chat/completions", CHAT,
                          {"Authorization": f"Bearer {ADMIN_KEY}"})
     assert allowed.status == 200
@@ -211,7 +211,7 @@ async def test_every_target_restricted_is_403(http: aiohttp.ClientSession,
     error = await expect_error(await post(http, server, "chat/completions", CHAT), 403,
                                "group_not_allowed")
     assert "'one'" in error["message"]
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
 
 
 # -- 404, 405, 413 ------------------------------------------------------------------------
@@ -395,7 +395,7 @@ async def test_select_target_ruling_out_every_target_is_503(
     error = await expect_error(await post(http, server, "chat/completions", CHAT), 503,
                                "no_target_available")
     assert "/status" in error["message"]
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
 
 
 # -- request ids ----------------------------------------------------------------------------
@@ -465,7 +465,7 @@ async def test_garbage_never_gets_a_5xx(http: aiohttp.ClientSession, server: Gat
     response = await post(http, server, endpoint, raw)
     assert 400 <= response.status < 500
     await expect_error(response, response.status, param=ANY)
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
     # The next request is served as usual.
     assert (await post(http, server, "chat/completions", CHAT)).status == 200
 

@@ -33,7 +33,7 @@ from first_proxy import (
 )
 from first_proxy.cli import cli
 from first_proxy.config import parse_config
-from first_proxy.errors import ConfigError
+from first_proxy.errors import ConfigError, StartupError
 from first_proxy.gateway import check_wiring
 from first_proxy.hookspecs import HOOK_NAMES
 from first_proxy.plugins import BUILTIN_PLUGINS, get_plugin_manager, list_plugins
@@ -300,9 +300,9 @@ async def test_hook_check_config(make_gateway: Any, reference_upstream: Referenc
                             "models": {**models, "n": {"targets": [{"backend": "nobody"}]}}},
                            plugins=[ReferenceBackend(), settings, Quiet()])
     assert caught.value.problems == [
+        ("plugins.settings.region", "no cluster named 'mars'"),
         ("models.n.targets[0].backend",
-         "no installed plugin dispatches backend 'nobody' (installed backends: reference)"),
-        ("plugins.settings.region", "no cluster named 'mars'")]
+         "no installed plugin dispatches backend 'nobody' (installed backends: reference)")]
     assert not settings.started
     server = await make_gateway({"plugins": {"settings": {"region": "polaris"}},
                                  "clusters": {"polaris": {}}, "models": models},
@@ -361,6 +361,29 @@ async def test_hook_startup(make_gateway: Any, reference_upstream: ReferenceUpst
     assert server.gateway.state["lifecycle"] == {"greeting": "hello"}
     assert (await post(server, "m"))[0] == 200
     assert lifecycle.events == [("startup", True)]
+
+
+class Refuses:
+    """Refuses to start: with its own ConfigError when ``plugins.refuses.key`` is set."""
+
+    __name__ = "refuses"
+
+    @hookimpl
+    def startup(self, gateway: Gateway) -> None:
+        if "key" in gateway.plugin_config("refuses"):
+            raise ConfigError(gateway.config.source, [("plugins.refuses.key", "revoked")])
+        raise ConnectionRefusedError("the licence server refused\nsecond line")
+
+
+async def test_a_plugin_that_cannot_start_is_named(make_gateway: Any) -> None:
+    with pytest.raises(StartupError) as caught:
+        await make_gateway({}, plugins=[Refuses()])
+    assert str(caught.value) == ("plugin refuses could not start: "
+                                 "ConnectionRefusedError: the licence server refused")
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+    with pytest.raises(ConfigError) as config:
+        await make_gateway({"plugins": {"refuses": {"key": "k"}}}, plugins=[Refuses()])
+    assert config.value.problems == [("plugins.refuses.key", "revoked")]
 
 
 async def test_hook_shutdown(make_gateway: Any, reference_upstream: ReferenceUpstream) -> None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from first_proxy.store import open_store
+from first_proxy.store import RequestQuery, open_store, postgres, sqlite
 from first_proxy.store.postgres import PostgresStore
 from first_proxy.store.schema import COLUMNS, MIGRATIONS
 from first_proxy.store.sqlite import SQLiteStore
@@ -28,6 +28,27 @@ async def schema_versions(url: str) -> list[int]:
     try:
         return [r[0] for r in await conn.fetch(
             "SELECT version FROM first_proxy_schema ORDER BY version")]
+    finally:
+        await conn.close()
+
+
+async def index_names(url: str) -> set[str]:
+    """The names of the indexes on the request log's table."""
+    if url.startswith("sqlite:///"):
+        import aiosqlite
+
+        async with aiosqlite.connect(url.removeprefix("sqlite:///")) as db:
+            rows = await (await db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'requests'"
+            )).fetchall()
+            return {row[0] for row in rows}
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return {r[0] for r in await conn.fetch(
+            "SELECT indexname FROM pg_indexes "
+            "WHERE tablename = 'requests' AND schemaname = current_schema()")}
     finally:
         await conn.close()
 
@@ -139,3 +160,69 @@ async def test_postgres_instances_opening_together_migrate_once(postgres_url: st
             await store.close()
     assert [r["request_id"] for r in rows] == ["req-2", "req-1", "req-0"]
     assert await schema_versions(postgres_url) == list(range(1, len(MIGRATIONS) + 1))
+
+
+def logged(request_id: str, ts: float, user: str, model: str, status: int) -> RequestRecord:
+    return RequestRecord(ts=ts, request_id=request_id, endpoint="chat/completions", user=user,
+                         model=model, status=status, error=None if status < 400 else "e")
+
+
+#: Rows named a to f, oldest first; a and f came with the same X-Request-Id.
+FILTERED = {
+    "a": logged("same", 1000.0, "key:alice", "m-1", 200),
+    "b": logged("b", 1010.0, "key:bob", "m-1", 404),
+    "c": logged("c", 1020.0, "key:alice", "m-2", 200),
+    "d": logged("d", 1030.0, "key:bob", "m-2", 503),
+    "e": logged("e", 1040.0, "key:alice", "m-1", 502),
+    "f": logged("same", 1050.0, "key:alice", "m-1", 201),
+}
+#: What each query finds among FILTERED, newest first.
+QUERIES = {
+    "everything": (RequestQuery(), "fedcba"),
+    "one id": (RequestQuery(request_id="c"), "c"),
+    "an id two callers sent": (RequestQuery(request_id="same"), "fa"),
+    "user": (RequestQuery(user="key:alice"), "feca"),
+    "model": (RequestQuery(model="m-2"), "dc"),
+    "one status": (RequestQuery(statuses=(404, 404)), "b"),
+    "a status class": (RequestQuery(statuses=(500, 599)), "ed"),
+    "since": (RequestQuery(since=1030.0), "fed"),
+    "all at once": (RequestQuery(user="key:alice", model="m-1", statuses=(200, 299),
+                                 since=1010.0), "f"),
+    "with a limit": (RequestQuery(user="key:alice", limit=2), "fe"),
+    "no such id": (RequestQuery(request_id="absent"), ""),
+    "quotes in a value": (RequestQuery(request_id="x' OR '1'='1"), ""),
+}
+
+
+async def test_find_requests_by_id_user_model_status_and_time(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        await store.insert_requests(list(FILTERED.values()))
+        found = {name: await store.find_requests(query) for name, (query, _) in QUERIES.items()}
+    finally:
+        await store.close()
+    name_at = {row.ts: name for name, row in FILTERED.items()}
+    assert {query: "".join(name_at[r["ts"]] for r in rows) for query, rows in found.items()} == {
+        query: expected for query, (_, expected) in QUERIES.items()}
+    assert found["one id"] == [FILTERED["c"].as_dict()]
+
+
+async def test_a_store_from_before_the_request_id_index_gets_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as first_release:
+        for module in (sqlite, postgres):
+            first_release.setattr(module, "MIGRATIONS", MIGRATIONS[:1])
+        old = await open_store(store_url)
+        await old.insert_requests([full_row(1, 1000.0)])
+        await old.close()
+    assert "requests_request_id" not in await index_names(store_url)
+
+    store = await open_store(store_url)
+    try:
+        rows = await store.find_requests(RequestQuery(request_id="req-1"))
+    finally:
+        await store.close()
+    assert [r["request_id"] for r in rows] == ["req-1"]
+    assert "requests_request_id" in await index_names(store_url)
+    assert await schema_versions(store_url) == list(range(1, len(MIGRATIONS) + 1))

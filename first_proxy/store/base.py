@@ -1,13 +1,28 @@
-"""The one interface every store implements."""
+"""The one interface every store implements, and the request-log query it answers."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..types import RequestRecord
 
-__all__ = ["Store"]
+__all__ = ["RequestQuery", "Store"]
+
+
+@dataclass(frozen=True)
+class RequestQuery:
+    """Which request-log rows to read: each field that is set must match; newest first."""
+
+    request_id: str | None = None
+    user: str | None = None
+    model: str | None = None
+    #: The lowest and the highest status, both included: ``(404, 404)``, ``(500, 599)``.
+    statuses: tuple[int, int] | None = None
+    #: Only rows from this Unix time on.
+    since: float | None = None
+    limit: int = 50
 
 
 class Store(Protocol):
@@ -25,6 +40,8 @@ class Store(Protocol):
     async def recent_requests(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest request-log rows first."""
 
+    async def find_requests(self, query: RequestQuery) -> list[dict[str, Any]]:
+        """The request-log rows ``query`` asks for, newest first."""
     async def execute(self, sql: str, *params: Any) -> int:
         """Run one statement on a plugin's tables (``?`` placeholders); the rows it changed."""
 

@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 
 from ..types import RequestRecord
-from .schema import COLUMN_LIST, COLUMNS, MIGRATIONS, PLUGIN_VERSIONS, fill
+from .base import RequestQuery
+from .schema import COLUMN_LIST, COLUMNS, MIGRATIONS, PLUGIN_VERSIONS, fill, select_requests
 
 __all__ = ["PostgresStore"]
 
@@ -65,9 +66,12 @@ class PostgresStore:
             await conn.executemany(_INSERT, [_values(r) for r in rows])
 
     async def recent_requests(self, limit: int = 50) -> list[dict[str, Any]]:
+        return await self.find_requests(RequestQuery(limit=limit))
+
+    async def find_requests(self, query: RequestQuery) -> list[dict[str, Any]]:
+        sql, values = select_requests(query, lambda n: f"${n}")
         async with self._require().acquire() as conn:
-            rows = await conn.fetch(
-                f"SELECT {COLUMN_LIST} FROM requests ORDER BY ts DESC, id DESC LIMIT $1", limit)
+            rows = await conn.fetch(sql, *values)
         return [{**row, "extra": orjson.loads(row["extra"]) if row["extra"] else None}
                 for row in rows]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
+from typing import Any
 
 from ..types import RequestRecord
+from .base import RequestQuery
 
-__all__ = ["COLUMNS", "COLUMN_LIST", "MIGRATIONS", "PLUGIN_VERSIONS", "fill"]
+__all__ = ["COLUMNS", "COLUMN_LIST", "MIGRATIONS", "PLUGIN_VERSIONS", "fill", "select_requests"]
 
 #: What the store keeps of a request record, in order: every field but its start time.
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestRecord) if f.name != "started")
@@ -39,9 +42,44 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX requests_ts ON requests (ts);
     CREATE INDEX requests_user_ts ON requests ("user", ts);
     """,
+    # `first-proxy requests --id`: the id a caller quotes from X-Request-Id.
+    """
+    CREATE INDEX requests_request_id ON requests (request_id);
+    """,
     # Fields plugins add to a request's row (a batch id, an identity provider), as JSON.
     "ALTER TABLE requests ADD COLUMN extra TEXT;",
 )
+
+
+def select_requests(query: RequestQuery,
+                    placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """The SELECT that answers ``query``, and its parameters in order.
+
+    ``placeholder(n)`` writes the database's marker for the n-th parameter (from 1); every
+    value the query matches goes in as a parameter, never into the SQL text.
+    """
+    conditions: list[str] = []
+    values: list[Any] = []
+
+    def match(condition: str, value: Any) -> None:
+        values.append(value)
+        conditions.append(condition.format(placeholder(len(values))))
+
+    if query.request_id is not None:
+        match("request_id = {}", query.request_id)
+    if query.user is not None:
+        match('"user" = {}', query.user)
+    if query.model is not None:
+        match("model = {}", query.model)
+    if query.statuses is not None:
+        match("status >= {}", query.statuses[0])
+        match("status <= {}", query.statuses[1])
+    if query.since is not None:
+        match("ts >= {}", query.since)
+    values.append(query.limit)
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return (f"SELECT {COLUMN_LIST} FROM requests{where} ORDER BY ts DESC, id DESC "
+            f"LIMIT {placeholder(len(values))}", values)
 
 #: Where the version of each plugin's own tables is kept (``register_migrations``).
 PLUGIN_VERSIONS = """
@@ -54,3 +92,4 @@ CREATE TABLE IF NOT EXISTS first_proxy_migrations (
 def fill(sql: str, *, real: str, autoid: str) -> str:
     """A migration's SQL for one database: ``{real}`` and ``{autoid}`` filled in."""
     return sql.replace("{real}", real).replace("{autoid}", autoid)
+

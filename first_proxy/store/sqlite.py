@@ -13,7 +13,8 @@ import aiosqlite
 import orjson
 
 from ..types import RequestRecord
-from .schema import COLUMN_LIST, COLUMNS, MIGRATIONS, PLUGIN_VERSIONS, fill
+from .base import RequestQuery
+from .schema import COLUMN_LIST, COLUMNS, MIGRATIONS, PLUGIN_VERSIONS, fill, select_requests
 
 __all__ = ["SQLiteStore"]
 
@@ -91,10 +92,11 @@ class SQLiteStore:
         await db.commit()
 
     async def recent_requests(self, limit: int = 50) -> list[dict[str, Any]]:
-        db = self._require()
-        cursor = await db.execute(
-            f"SELECT {COLUMN_LIST} FROM requests "
-            "ORDER BY ts DESC, id DESC LIMIT ?", (limit,))
+        return await self.find_requests(RequestQuery(limit=limit))
+
+    async def find_requests(self, query: RequestQuery) -> list[dict[str, Any]]:
+        sql, values = select_requests(query, lambda n: "?")
+        cursor = await self._require().execute(sql, values)
         rows = await cursor.fetchall()
         return [_record(row) for row in rows]
 

@@ -1,22 +1,28 @@
 """A reference OpenAI-compatible server on loopback, to put behind a gateway in tests and demos.
 
-It answers chat completions, completions, embeddings and models, in JSON or SSE, with
-deterministic text (it repeats the prompt back). Every behaviour a gateway must survive can
-be switched on: error statuses, delays, a stream that breaks in the middle, an answer that
-never comes. It records what it received and which requests were abandoned by their caller.
+It answers chat completions, completions, embeddings and models, in JSON or SSE, to OpenAI's
+schemas, with deterministic text (it repeats the prompt back: see :mod:`.openai_answers`).
+What it cannot answer gets a 4xx in vLLM's error shape. Every behaviour a gateway must survive
+can be switched on: error statuses, delays, a stream that breaks in the middle, an answer that
+never comes. It records the latest requests it received and which were abandoned by their
+caller.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import time
-import uuid
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .openai_answers import Answer, Reply, embeddings, replies
+from .openai_requests import Ask, BadRequest, parse_body, read_ask
 
 __all__ = ["ReceivedRequest", "ReferenceUpstream"]
 
@@ -25,7 +31,8 @@ __all__ = ["ReceivedRequest", "ReferenceUpstream"]
 class ReceivedRequest:
     path: str
     headers: dict[str, str]
-    body: dict[str, Any]
+    #: The body's JSON value; None when it was not JSON.
+    body: Any
 
 
 @dataclass
@@ -49,7 +56,10 @@ class ReferenceUpstream:
     hang: bool = False
     #: Served at GET /metrics (a vLLM-style Prometheus text), when set.
     metrics_text: str | None = None
-    received: list[ReceivedRequest] = field(default_factory=list)
+    #: How many requests ``received`` keeps, the latest; 0 records none.
+    max_received: int = 1000
+    #: The latest requests, oldest first (set up from ``max_received``).
+    received: deque[ReceivedRequest] = field(init=False)
     #: Requests whose caller went away before the answer was complete.
     cancelled: int = 0
     #: Requests being answered now.
@@ -57,11 +67,14 @@ class ReferenceUpstream:
     url: str = ""
     _runner: web.AppRunner | None = None
 
+    def __post_init__(self) -> None:
+        self.received = deque(maxlen=self.max_received)
+
     # -- running ------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: any free port); returns the base URL ending in /v1."""
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_errors_in_shape])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -115,19 +128,33 @@ class ReferenceUpstream:
         return await self._answer(request, "embeddings")
 
     async def _answer(self, request: web.Request, endpoint: str) -> web.StreamResponse:
-        body = orjson.loads(await request.read())
+        body: Any = None
+        unreadable: BadRequest | None = None
+        try:
+            body = parse_body(await request.read())
+        except BadRequest as e:
+            unreadable = e
+        except web.RequestPayloadError:
+            # What is left of the body cannot be read either: end it here (aiohttp would read
+            # on after the answer, to reuse the connection) and close the connection.
+            request.content.feed_eof()
+            unreadable = BadRequest("The request body could not be read: it does not match its "
+                                    "Content-Encoding or Transfer-Encoding header.")
         self.received.append(ReceivedRequest(request.path, dict(request.headers), body))
         self.active += 1
         try:
-            return await self._respond(request, endpoint, body)
+            response = await self._respond(request, endpoint, body, unreadable)
+            if unreadable is not None and not response.prepared:
+                response.force_close()
+            return response
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
         finally:
             self.active -= 1
 
-    async def _respond(self, request: web.Request, endpoint: str,
-                       body: dict[str, Any]) -> web.StreamResponse:
+    async def _respond(self, request: web.Request, endpoint: str, body: Any,
+                       unreadable: BadRequest | None) -> web.StreamResponse:
         if (denied := self._check_key(request)) is not None:
             return denied
         if self.hang:
@@ -138,37 +165,35 @@ class ReferenceUpstream:
             if self.fail_times is not None:
                 self.fail_times -= 1
             return _error(self.fail_status, f"reference upstream failing with {self.fail_status}")
-        model = body.get("model")
-        if model not in self.models:
-            return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
+        if unreadable is not None:
+            return _refusal(unreadable)
+        try:
+            ask = read_ask(endpoint, body)
+        except BadRequest as e:
+            return _refusal(e)
+        if ask.model not in self.models:
+            return _error(404, f"The model `{ask.model}` does not exist.", "NotFoundError", "model")
         if endpoint == "embeddings":
-            return web.json_response(_embeddings(body))
-        words = _reply_words(endpoint, body)
-        if body.get("stream"):
-            return await self._stream(request, endpoint, body, words)
-        return web.json_response(_completion(endpoint, model, words, _prompt_tokens(body)))
+            return web.json_response(embeddings(ask))
+        if ask.stream:
+            return await self._stream(request, ask)
+        return web.json_response(Answer(ask).whole(replies(ask)))
 
-    async def _stream(self, request: web.Request, endpoint: str, body: dict[str, Any],
-                      words: list[str]) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, ask: Ask) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        ident = f"cmpl-{uuid.uuid4().hex[:12]}"
-        for i, word in enumerate(words):
-            if self.break_after is not None and i >= self.break_after:
+        answer, choices = Answer(ask), replies(ask)
+        for sent, chunk in enumerate(_chunks(answer, choices)):
+            if self.break_after is not None and sent >= self.break_after:
                 # An abrupt end, as when a server process dies mid-answer.
                 assert request.transport is not None
                 request.transport.abort()
                 return response
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
-            await response.write(_event(_chunk(endpoint, body["model"], ident, word)))
-        await response.write(_event(_chunk(endpoint, body["model"], ident, None)))
-        options = body.get("stream_options") or {}
-        if options.get("include_usage"):
-            usage = _usage(_prompt_tokens(body), len(words))
-            await response.write(_event({"id": ident, "object": _object(endpoint, True),
-                                         "created": int(time.time()), "model": body["model"],
-                                         "choices": [], "usage": usage}))
+            await response.write(_event(chunk))
+        if ask.include_usage:
+            await response.write(_event(answer.usage_chunk(choices)))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -181,77 +206,43 @@ class ReferenceUpstream:
         return None
 
 
-def _error(status: int, message: str, type_: str = "server_error") -> web.Response:
+def _chunks(answer: Answer, choices: list[Reply]) -> Iterator[dict[str, Any]]:
+    """A stream's chunks: token by token, the choices in turn, then each choice's last chunk."""
+    tokens = [reply.tokens or [""] for reply in choices]
+    for at in range(max(map(len, tokens))):
+        for index, mine in enumerate(tokens):
+            if at < len(mine):
+                yield answer.chunk(index, mine[at], first=at == 0)
+    for index, reply in enumerate(choices):
+        yield answer.last_chunk(index, reply)
+
+
+def _error(status: int, message: str, type_: str = "server_error",
+           param: str | None = None) -> web.Response:
     # vLLM's own error shape, with the message on top; the gateway rewraps it for callers.
     return web.json_response({"object": "error", "message": message, "type": type_,
-                              "param": None, "code": status}, status=status)
+                              "param": param, "code": status}, status=status)
+
+
+def _refusal(problem: BadRequest) -> web.Response:
+    return _error(problem.status, problem.message, _error_type(problem.status), problem.param)
+
+
+@web.middleware
+async def _errors_in_shape(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 4xx (no such route, wrong method, body too large) in the same shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _error(e.status, e.reason, _error_type(e.status))
+
+
+def _error_type(status: int) -> str:
+    """vLLM's name for an error status: ``BadRequestError`` for 400, ``NotFoundError`` for 404."""
+    return HTTPStatus(status).phrase.replace(" ", "").replace("-", "") + "Error"
 
 
 def _event(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-def _reply_words(endpoint: str, body: dict[str, Any]) -> list[str]:
-    if endpoint == "chat/completions":
-        messages = body.get("messages") or [{}]
-        content = messages[-1].get("content", "")
-        text = content if isinstance(content, str) else " ".join(
-            part.get("text", "") for part in content if isinstance(part, dict))
-    else:
-        prompt = body.get("prompt", "")
-        text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
-    words = text.split() or ["(empty)"]
-    limit = body.get("max_tokens") or body.get("max_completion_tokens")
-    if isinstance(limit, int) and limit > 0:
-        words = words[:limit]
-    return [w if i == 0 else " " + w for i, w in enumerate(words)]
-
-
-def _prompt_tokens(body: dict[str, Any]) -> int:
-    return max(1, len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 4)
-
-
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
-
-
-def _object(endpoint: str, stream: bool) -> str:
-    if endpoint == "chat/completions":
-        return "chat.completion.chunk" if stream else "chat.completion"
-    return "text_completion"
-
-
-def _completion(endpoint: str, model: str, words: list[str], prompt_tokens: int) -> dict[str, Any]:
-    text = "".join(words)
-    choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
-    if endpoint == "chat/completions":
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice["text"] = text
-    return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": _object(endpoint, False),
-            "created": int(time.time()), "model": model, "choices": [choice],
-            "usage": _usage(prompt_tokens, len(words))}
-
-
-def _chunk(endpoint: str, model: str, ident: str, word: str | None) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": None if word else "stop",
-                              "logprobs": None}
-    if endpoint == "chat/completions":
-        choice["delta"] = {"content": word} if word is not None else {}
-    else:
-        choice["text"] = word or ""
-    return {"id": ident, "object": _object(endpoint, True), "created": int(time.time()),
-            "model": model, "choices": [choice]}
-
-
-def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
-    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-    data = []
-    for i, item in enumerate(inputs):
-        digest = hashlib.sha256(str(item).encode()).digest()
-        data.append({"object": "embedding", "index": i,
-                     "embedding": [round(b / 255, 4) for b in digest[:16]]})
-    tokens = sum(len(str(item).split()) for item in inputs)
-    return {"object": "list", "data": data, "model": body["model"],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
