@@ -299,9 +299,10 @@ def _within(path: str, prefix: str) -> bool:
 
 
 def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[str, str]]:
-    """What gateway.yaml asks of plugins that they cannot give: unknown plugin sections, unknown or doubly registered backends, what each backend
-    finds wrong with its targets, targets on undeclared clusters, and what each plugin's
-    ``check_config`` finds wrong with its settings."""
+    """What gateway.yaml asks of plugins that they cannot give: unknown plugin sections,
+    unknown or doubly registered backends, what each backend finds wrong with its targets,
+    targets on undeclared clusters, and what each plugin's ``check_config`` finds wrong with
+    its settings."""
     problems: list[tuple[str, str]] = []
     names = {pm.get_name(p) for p in pm.get_plugins()}
     for name in config.plugins:

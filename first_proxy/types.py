@@ -200,7 +200,10 @@ class RequestRecord:
     started: float = field(default=0.0, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What the store keeps of the record: every field but its start time."""
+        found = asdict(self)
+        del found["started"]
+        return found
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 
 from first_proxy.cli import cli
 from first_proxy.plugins import BUILTIN_PLUGINS
-from first_proxy.requestlog import COLUMNS
+from first_proxy.store.schema import COLUMNS
 from first_proxy.testing import TEST_KEY, ReferenceBackend, ReferenceUpstream
 
 REPO = Path(__file__).resolve().parents[1]

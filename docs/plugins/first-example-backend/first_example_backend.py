@@ -19,6 +19,7 @@ gateway.yaml::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -30,9 +31,18 @@ from typing import Any
 import click
 import orjson
 
-from first_proxy import Call, Gateway, GatewayConfig, Status, Target, UpstreamResponse, hookimpl
+from first_proxy import (
+    Backend,
+    Call,
+    Gateway,
+    GatewayConfig,
+    Status,
+    Target,
+    UpstreamResponse,
+    hookimpl,
+)
 
-__all__ = ["BACKEND", "MAX_WORDS", "NAME", "TRANSFORMS", "EchoState", "reply_words"]
+__all__ = ["BACKEND", "MAX_WORDS", "NAME", "TRANSFORMS", "EchoBackend", "EchoState", "reply_words"]
 
 #: The entry-point name: the key of this plugin's settings under ``plugins:`` in gateway.yaml.
 NAME = "first_example_backend"
@@ -82,12 +92,58 @@ class EchoState:
     streaming: Counter[str] = field(default_factory=Counter)
 
 
+# -- the backend ------------------------------------------------------------------------------
+
+
+class EchoBackend(Backend):
+    """Targets with ``backend: echo``: the core calls this object, and only it, for them."""
+
+    name = BACKEND
+
+    def validate(self, target: Target, path: str) -> list[tuple[str, str]]:
+        return validate_target(target, path)
+
+    async def dispatch(self, target: Target, call: Call, gateway: Gateway) -> UpstreamResponse:
+        if call.endpoint not in ("chat/completions", "completions"):
+            return _error(400, f"backend echo answers chat/completions and completions, "
+                               f"not {call.endpoint}")
+        state: EchoState = gateway.state[NAME]
+        # What an upstream would be sent: the upstream's model name and, when streaming, a
+        # request for a usage chunk, which the core keeps from a caller who did not ask for it.
+        payload = call.payload(target)
+        body = call.body if payload is call.raw else orjson.loads(payload)
+        prompt = prompt_text(call.endpoint, body)
+        words = reply_words(prompt, target.options.get("transform", "echo"),
+                            _limit(body, state.max_words))
+        given = len(prompt.split())
+        usage = {"prompt_tokens": given, "completion_tokens": len(words),
+                 "total_tokens": given + len(words)}
+        state.answered += 1
+        answer = _Answer(call.endpoint, target.upstream_model)
+        if not call.stream:
+            return UpstreamResponse(status=200, headers={"Content-Type": "application/json"},
+                                    body=orjson.dumps(answer.whole("".join(words), usage)))
+        options = body.get("stream_options") or {}
+        events = _stream(answer, words, usage if options.get("include_usage") else None,
+                         float(target.options.get("pace", 0)), state.streaming, target.key)
+        return UpstreamResponse(status=200, headers={"Content-Type": "text/event-stream"},
+                                chunks=events, close=events.aclose)
+
+    async def status(self, target: Target, gateway: Gateway) -> Status:
+        state: EchoState | None = gateway.state.get(NAME)
+        if state is None:
+            return Status(reachable=False, last_error="first_example_backend is not started")
+        return Status(reachable=True, models={target.upstream_model: "running"}, queue_depth=0,
+                      running_requests=state.streaming[target.key],
+                      detail={"answered": state.answered})
+
+
 # -- hooks ------------------------------------------------------------------------------------
 
 
 @hookimpl
-def register_backends(register) -> None:  # type: ignore[no-untyped-def]
-    register(BACKEND, validate=validate_target)
+def register_backends(register: Callable[[Backend], None]) -> None:
+    register(EchoBackend())
 
 
 @hookimpl
@@ -106,58 +162,16 @@ def check_config(config: GatewayConfig) -> list[tuple[str, str]]:
 
 
 @hookimpl
-def startup(gateway: Gateway) -> None:
+@contextlib.asynccontextmanager
+async def lifespan(gateway: Gateway) -> AsyncIterator[None]:
+    """The plugin's state, opened before the first request and closed after the last."""
     settings = gateway.plugin_config(NAME)  # already checked by check_config
-    gateway.state[NAME] = EchoState(max_words=settings.get("max_words", MAX_WORDS))
-
-
-@hookimpl
-def shutdown(gateway: Gateway) -> None:
-    state: EchoState | None = gateway.state.pop(NAME, None)
-    if state is not None:
+    state = gateway.state[NAME] = EchoState(max_words=settings.get("max_words", MAX_WORDS))
+    try:
+        yield
+    finally:
+        del gateway.state[NAME]
         log.info("backend echo answered %d call(s)", state.answered)
-
-
-@hookimpl
-def dispatch(target: Target, call: Call, gateway: Gateway) -> UpstreamResponse | None:
-    if target.backend != BACKEND:
-        return None  # not ours: the plugin that registered this backend answers
-    if call.endpoint not in ("chat/completions", "completions"):
-        return _error(400, f"backend echo answers chat/completions and completions, "
-                           f"not {call.endpoint}")
-    state: EchoState = gateway.state[NAME]
-    # What an upstream would be sent: the upstream's model name and, when streaming, a request
-    # for a usage chunk, which the core keeps from a caller who did not ask for it.
-    payload = call.payload(target)
-    body = call.body if payload is call.raw else orjson.loads(payload)
-    prompt = prompt_text(call.endpoint, body)
-    words = reply_words(prompt, target.options.get("transform", "echo"),
-                        _limit(body, state.max_words))
-    given = len(prompt.split())
-    usage = {"prompt_tokens": given, "completion_tokens": len(words),
-             "total_tokens": given + len(words)}
-    state.answered += 1
-    answer = _Answer(call.endpoint, target.upstream_model)
-    if not call.stream:
-        return UpstreamResponse(status=200, headers={"Content-Type": "application/json"},
-                                body=orjson.dumps(answer.whole("".join(words), usage)))
-    options = body.get("stream_options") or {}
-    events = _stream(answer, words, usage if options.get("include_usage") else None,
-                     float(target.options.get("pace", 0)), state.streaming, target.key)
-    return UpstreamResponse(status=200, headers={"Content-Type": "text/event-stream"},
-                            chunks=events, close=events.aclose)
-
-
-@hookimpl
-def report_status(target: Target, gateway: Gateway) -> Status | None:
-    if target.backend != BACKEND:
-        return None
-    state: EchoState | None = gateway.state.get(NAME)
-    if state is None:
-        return Status(reachable=False, last_error="first_example_backend is not started")
-    return Status(reachable=True, models={target.upstream_model: "running"}, queue_depth=0,
-                  running_requests=state.streaming[target.key],
-                  detail={"answered": state.answered})
 
 
 @hookimpl
