@@ -90,6 +90,10 @@ def registered_backends(
                 return
             found[backend.name] = Registered(backend, _plugin)
 
-        impl.function(**{name: register for name in impl.argnames})
+        try:
+            impl.function(**{name: register for name in impl.argnames})
+        except TypeError as e:  # most likely the register(name, validate=...) of old
+            problems.append((f"plugins.{impl.plugin_name}", f"register_backends failed ({e}); "
+                             "register takes one first_proxy.Backend object"))
     return found, problems
 

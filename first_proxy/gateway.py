@@ -321,7 +321,7 @@ def check_wiring(config: GatewayConfig, pm: pluggy.PluginManager) -> list[tuple[
                                  f"under clusters: (declared: {', '.join(sorted(config.clusters))})"))
             if target.backend not in backends:
                 problems.append((f"{path}.backend",
-                                 f"no installed plugin serves backend {target.backend!r} "
+                                 f"no installed plugin dispatches backend {target.backend!r} "
                                  f"(installed backends: {known})"))
                 continue
             problems.extend(backends[target.backend].backend.validate(target, path) or ())

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from first_proxy import AuthenticationError, Call, Gateway, Status, Target, hookimpl
+from first_proxy import AuthenticationError, Call, Gateway, Status, Target, UpstreamResponse, hookimpl
 from first_proxy.testing import (
     TEST_KEY,
     GatewayServer,
@@ -158,11 +158,19 @@ async def test_the_upstream_sees_the_targets_key_never_the_callers(
             assert headers["authorization"] == f"Bearer {target_key}"
 
 
-class ExplodingDispatch:
-    @hookimpl(tryfirst=True)
-    def dispatch(self, call: Call) -> None:
-        if call.body.get("explode"):
-            raise RuntimeError("dispatch broke")
+class ExplodingDispatch(ReferenceBackend):
+    """Backend ``reference``, whose dispatch breaks on a body with ``explode``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        answer = self.backend.dispatch
+
+        async def dispatch(target: Target, call: Call, gateway: Gateway) -> UpstreamResponse:
+            if call.body.get("explode"):
+                raise RuntimeError("dispatch broke")
+            return await answer(target, call, gateway)
+
+        self.backend.dispatch = dispatch  # type: ignore[method-assign]
 
 
 async def test_credentials_never_reach_the_log_or_the_request_log(
@@ -182,7 +190,7 @@ async def test_credentials_never_reach_the_log_or_the_request_log(
                         "targets": [reference_target(reference_upstream)]},
             "wrong-key": {"targets": [reference_target(reference_upstream, api_key="sk-stale-key")]},
         },
-    }, plugins=[ReferenceBackend(), ExplodingDispatch()])
+    }, plugins=[ExplodingDispatch()])
     outcomes = [
         await chat(http, server, TEST_KEY),
         await chat(http, server, TEST_KEY, {**CHAT, "stream": True}),
@@ -277,8 +285,7 @@ async def test_listings_and_status_need_a_credential(http: aiohttp.ClientSession
 class ReportsStatus:
     """Checks each target over HTTP; two checks fail with the URL or the key in their error."""
 
-    @hookimpl
-    async def report_status(self, target: Target, gateway: Gateway) -> Status:
+    async def __call__(self, target: Target, gateway: Gateway) -> Status:
         if target.key == "open-model/open":
             raise ConnectionError(f"{target.url} refused key {target.api_key}")
         path = "/missing" if target.key == "mixed/open" else "/models"
@@ -303,7 +310,7 @@ async def test_status_hides_what_the_caller_may_not_use_and_every_url_and_key(
             "admin-model": {"allowed_groups": ["admins"], "targets": [open_target]},
             "mixed": {"targets": [admin_target, open_target]},
         },
-    }, plugins=[ReferenceBackend(), ReportsStatus()])
+    }, plugins=[ReferenceBackend(status=ReportsStatus())])
     await server.gateway.refresh_statuses()
     async with http.get(f"{server.url}/status", headers=bearer(key)) as response:
         assert response.status == 200

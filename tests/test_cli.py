@@ -152,7 +152,7 @@ def test_plugins_table_json_and_all(tmp_path: Path) -> None:
     direct = next(r for r in rows if r["name"] == "first_openai_direct")
     assert direct["builtin"] is False
     assert direct["version"]
-    assert {"dispatch", "register_backends", "report_status"} <= set(direct["hooks"])
+    assert {"register_backends"} <= set(direct["hooks"])
     assert not any(r["builtin"] for r in rows)
 
     every = json.loads(run_cli("plugins", "--json", "--all", "--config", no_config).output)
@@ -433,15 +433,18 @@ LICENCE_CHECK = '''\
 """A plugin whose start-up fails: it must reach a licence server that is not there."""
 
 import asyncio
+import contextlib
 
 from first_proxy import hookimpl
 
 
 @hookimpl
-async def startup(gateway):
+@contextlib.asynccontextmanager
+async def lifespan(gateway):
     port = gateway.plugin_config("licence_check")["port"]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.close()
+    yield
 '''
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from first_proxy.backends import Backend
 from first_proxy.config import (
     GatewayConfig,
     load_config,
@@ -407,18 +409,21 @@ def test_plugin_settings_reach_the_gateway_without_enabled() -> None:
 # -- every problem of a file at once ---------------------------------------------------------
 
 
+class PickyBackend(Backend):
+    name = "picky"
+
+    def validate(self, target: Target, path: str) -> list[tuple[str, str]]:
+        return [] if target.url else [(f"{path}.url", "required for backend picky")]
+
+
 class Picky:
     """Backend ``picky``: needs a ``url`` and a ``region`` in ``plugins.picky``."""
 
     __name__ = "picky"
 
     @hookimpl
-    def register_backends(self, register) -> None:  # type: ignore[no-untyped-def]
-        register("picky", validate=self.validate)
-
-    @staticmethod
-    def validate(target: Target, path: str) -> list[tuple[str, str]]:
-        return [] if target.url else [(f"{path}.url", "required for backend picky")]
+    def register_backends(self, register: Callable[[Backend], None]) -> None:
+        register(PickyBackend())
 
     @hookimpl
     def check_config(self, config: GatewayConfig) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from first_proxy import Status, Target, hookimpl
+from first_proxy import Status, Target
 from first_proxy.testing import TEST_KEY, ReferenceBackend, ReferenceUpstream, eventually
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
@@ -95,13 +95,12 @@ async def test_in_flight_gauge_follows_requests(
 
 
 class Health:
-    """report_status from a table the test changes."""
+    """Targets' statuses from a table the test changes."""
 
     def __init__(self) -> None:
         self.up: dict[str, bool] = {}
 
-    @hookimpl
-    def report_status(self, target: Target) -> Status | None:
+    def __call__(self, target: Target, gateway: object) -> Status:
         return Status(reachable=self.up.get(target.name, False))
 
 
@@ -110,7 +109,7 @@ async def test_target_up_after_refresh(
 ) -> None:
     health = Health()
     server = await make_gateway(config(reference_upstream, "a", "b"),
-                                plugins=[ReferenceBackend(), health])
+                                plugins=[ReferenceBackend(status=health)])
     health.up = {"a": True, "b": False}
     await server.gateway.refresh_statuses()
     samples = await scrape(server.url)

@@ -214,12 +214,12 @@ async def test_a_store_from_before_the_request_id_index_gets_it(
         for module in (sqlite, postgres):
             first_release.setattr(module, "MIGRATIONS", MIGRATIONS[:1])
         old = await open_store(store_url)
-        await old.insert_requests([full_row(1, 1000.0)])
         await old.close()
     assert "requests_request_id" not in await index_names(store_url)
 
     store = await open_store(store_url)
     try:
+        await store.insert_requests([full_row(1, 1000.0)])
         rows = await store.find_requests(RequestQuery(request_id="req-1"))
     finally:
         await store.close()

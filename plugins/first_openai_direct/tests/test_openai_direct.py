@@ -90,8 +90,7 @@ async def status_of(server: GatewayServer, target: str, model: str = MODEL) -> S
 def test_plugin_is_installed() -> None:
     rows = {row["name"]: row for row in list_plugins(get_plugin_manager())}
     assert rows["first_openai_direct"]["version"] == "0.1.0"
-    assert rows["first_openai_direct"]["hooks"] == ["dispatch", "register_backends",
-                                                    "report_status"]
+    assert rows["first_openai_direct"]["hooks"] == ["register_backends"]
 
 
 # -- dispatch ---------------------------------------------------------------------------------
