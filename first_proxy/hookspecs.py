@@ -7,7 +7,9 @@ existing plugins.
 
 Plugins run in pluggy's order: the most recently registered first, adjusted with
 ``@hookimpl(tryfirst=True)`` / ``@hookimpl(trylast=True)``. The defaults that ship in
-``first_proxy.builtin`` are all ``trylast``, so an installed plugin is asked first.
+``first_proxy.builtin`` are ``trylast``, so an installed plugin is asked first, with one
+exception: the built-in API-key ``authenticate`` is ``tryfirst``, so a configured key is
+recognized before any plugin sees it.
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ def authenticate(request: web.Request, gateway: Gateway) -> Identity | None:
     Return an :class:`~first_proxy.Identity`, or ``None`` when the credential is not one this
     plugin understands, so the next plugin is asked. Raise
     :class:`~first_proxy.errors.AuthenticationError` for a credential it owns but rejects
-    (expired, revoked). Plugins are asked in order; the first ``Identity`` wins. A request
-    nobody identifies is answered 401.
+    (expired, revoked). Plugins are asked in order; the first ``Identity`` wins. The built-in
+    API-key check comes first: a configured key never reaches a plugin. A request nobody
+    identifies is answered 401.
 
     Never log the credential, and never copy it anywhere a backend could see it.
     """

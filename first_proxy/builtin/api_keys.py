@@ -30,7 +30,9 @@ def _identity(key: ApiKey) -> Identity:
                     idp="api_key", extra=MappingProxyType(extra))
 
 
-@hookimpl(trylast=True)
+# First of all: a configured key is answered here and never reaches another plugin (so it is
+# never sent to an outside identity provider); anything else is left to them.
+@hookimpl(tryfirst=True)
 def authenticate(request: web.Request, gateway: Gateway) -> Identity | None:
     token = bearer_token(request)
     if token is None:

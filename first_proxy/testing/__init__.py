@@ -13,18 +13,23 @@ import pytest
 
 from .backend import ReferenceBackend
 from .gateway import GatewayServer
+from .globus import FakeGlobus, GlobusToken, GlobusUser
 from .upstream import ReceivedRequest, ReferenceUpstream
 from .waiting import eventually
 
 __all__ = [
     "TEST_KEY",
+    "FakeGlobus",
     "GatewayServer",
+    "GlobusToken",
+    "GlobusUser",
     "MakeGateway",
     "ReceivedRequest",
     "ReferenceBackend",
     "ReferenceUpstream",
     "api_keys",
     "eventually",
+    "fake_globus",
     "make_gateway",
     "reference_upstream",
 ]
@@ -46,6 +51,19 @@ async def reference_upstream() -> AsyncIterator[ReferenceUpstream]:
     """A started :class:`ReferenceUpstream` serving ``reference-model``."""
     async with ReferenceUpstream() as upstream:
         yield upstream
+
+
+@pytest.fixture
+async def fake_globus(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeGlobus]:
+    """A started :class:`FakeGlobus`; globus-sdk clients made during the test call it.
+
+    It sets ``GLOBUS_SDK_SERVICE_URL_AUTH`` and ``GLOBUS_SDK_SERVICE_URL_GROUPS``, which the
+    SDK reads when a client is constructed.
+    """
+    async with FakeGlobus() as fake:
+        monkeypatch.setenv("GLOBUS_SDK_SERVICE_URL_AUTH", fake.url)
+        monkeypatch.setenv("GLOBUS_SDK_SERVICE_URL_GROUPS", fake.url)
+        yield fake
 
 
 @pytest.fixture
