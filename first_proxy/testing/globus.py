@@ -231,11 +231,11 @@ class FakeGlobus:
     # -- handlers -----------------------------------------------------------------------
 
     async def _begin(self, request: web.Request, route: str) -> tuple[dict[str, str], web.Response | None]:
-        """Record the request; the canned failure for ``route`` if one is set."""
-        await self._open.wait()
+        """Record the request, hold it while paused; the canned failure for ``route``, if set."""
         form = {k: str(v) for k, v in (await request.post()).items()}
         self.calls[route] += 1
         self.received.append(GlobusCall(route, form, dict(request.headers)))
+        await self._open.wait()
         status = self.failing.get(route)
         if status is not None:
             return form, web.json_response({"code": "FAILING", "message": f"fake failing {status}"},

@@ -34,8 +34,8 @@ _CLIENT_DOMAIN = "@clients.auth.globus.org"
 def identity_from_introspection(data: Mapping[str, Any], groups: frozenset[str]) -> Identity:
     """The identity of an active token's introspection ``data``, in ``groups``.
 
-    ``extra`` holds the session: ``logins`` (newest first, each ``{identity_id, idp, domain,
-    auth_time}``), ``session_id``, ``policies_met``, ``identity_set``, ``client_id``,
+    ``idp`` is the identity provider of the session's newest login. ``extra`` holds the
+    session: ``logins`` (newest first, each ``{identity_id, idp, domain, auth_time}``), ``session_id``, ``policies_met``, ``identity_set``, ``client_id``,
     ``service_account``, ``expires_at``, and ``name`` and ``email`` where Globus gives them.
     """
     sub = data["sub"]
@@ -49,7 +49,8 @@ def identity_from_introspection(data: Mapping[str, Any], groups: frozenset[str])
           "domain": _domain(usernames.get(identity_id, "")), "auth_time": facts.get("auth_time")}
          for identity_id, facts in (session.get("authentications") or {}).items()
          if isinstance(facts, dict)),
-        key=lambda login: login["auth_time"] or 0, reverse=True)
+        # Newest first; at the same time, the token's own identity first.
+        key=lambda login: (login["auth_time"] or 0, login["identity_id"] == sub), reverse=True)
     evaluations = data.get("policy_evaluations") or {}
     extra: dict[str, Any] = {
         "auth": AUTH_NAME,
