@@ -35,8 +35,9 @@ def identity_from_introspection(data: Mapping[str, Any], groups: frozenset[str])
     """The identity of an active token's introspection ``data``, in ``groups``.
 
     ``idp`` is the identity provider of the session's newest login. ``extra`` holds the
-    session: ``logins`` (newest first, each ``{identity_id, idp, domain, auth_time}``), ``session_id``, ``policies_met``, ``identity_set``, ``client_id``,
-    ``service_account``, ``expires_at``, and ``name`` and ``email`` where Globus gives them.
+    session: ``logins`` (newest first, each ``{identity_id, idp, domain, auth_time}``),
+    ``session_id``, ``policies_met``, ``identity_set``, ``client_id``, ``service_account``,
+    ``expires_at``, and ``name`` and ``email`` where Globus gives them.
     """
     sub = data["sub"]
     username = data.get("username") or sub
