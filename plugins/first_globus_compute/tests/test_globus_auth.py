@@ -149,7 +149,7 @@ async def test_an_active_token_becomes_the_users_identity(
     assert {(login["idp"], login["domain"]) for login in extra["logins"]} == {
         (IDP_EXAMPLE, "example.edu"), (IDP_PARTNER, "partner.org")}
     assert extra["session_id"] == globus.tokens[token].session_id
-    assert extra["policies_met"] == {HIGH_ASSURANCE}
+    assert extra["policies_met"] == (HIGH_ASSURANCE,)
     assert extra["service_account"] is False
     assert extra["expires_at"] == globus.tokens[token].exp
     [call] = globus.received
@@ -299,11 +299,15 @@ async def test_allowed_groups_let_members_in_and_never_name_the_group(
     outsider = globus.issue(GlobusUser("bob@example.edu", idp=IDP_EXAMPLE, groups={PARTNERS}), SCOPE)
     server = await gateway_for(make_gateway, reference_upstream, allowed_groups=[LLM_USERS])
     assert await chat(server, member) == "hello globus"
+    # A user's groups are cached for the user, whichever token they come with.
+    another = globus.issue(globus.tokens[member].user, SCOPE)
+    assert await chat(server, another) == "hello globus"
+    assert (globus.calls["introspect"], globus.calls["my_groups"]) == (2, 1)
     refused = await refusal(server, outsider)
     error = error_of(refused)
     assert (refused.status_code, error["code"]) == (403, "group_membership_required")
     assert LLM_USERS not in error["message"] and "app.globus.org/groups" in error["message"]
-    assert reference_upstream.received and len(reference_upstream.received) == 1
+    assert len(reference_upstream.received) == 2
 
 
 async def test_allowed_groups_of_models_and_targets_hold_globus_group_ids(

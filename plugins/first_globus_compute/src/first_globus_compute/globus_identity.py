@@ -60,8 +60,8 @@ def identity_from_introspection(data: Mapping[str, Any], groups: frozenset[str])
         "identity_set": tuple(data.get("identity_set") or (sub,)),
         "session_id": session.get("session_id"),
         "logins": tuple(MappingProxyType(login) for login in logins),
-        "policies_met": frozenset(policy for policy, verdict in evaluations.items()
-                                  if isinstance(verdict, dict) and verdict.get("evaluation") is True),
+        "policies_met": tuple(sorted(policy for policy, verdict in evaluations.items()
+                                     if isinstance(verdict, dict) and verdict.get("evaluation") is True)),
         "expires_at": data["exp"],
     }
     for key in ("name", "email"):
