@@ -14,7 +14,7 @@ __all__ = ["BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "get_plugin_manager", "list_p
 
 ENTRY_POINT_GROUP = "first_proxy"
 
-#: Default plugins shipped in the core; every hook they implement is ``trylast``.
+#: Default plugins shipped in the core; their hooks are ``trylast`` but for the API-key check.
 BUILTIN_PLUGINS = (
     "first_proxy.builtin.api_keys",
     "first_proxy.builtin.groups",

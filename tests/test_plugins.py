@@ -69,15 +69,17 @@ async def logged_rows(server: Any) -> list[dict[str, Any]]:
 # -- the plugin manager -----------------------------------------------------------------
 
 
-def test_builtins_are_registered_and_all_trylast() -> None:
+def test_builtins_are_registered_and_trylast_but_the_api_key_check() -> None:
     pm = get_plugin_manager(load_entrypoints=False)
     for module in BUILTIN_PLUGINS:
         plugin = pm.get_plugin(module)
         assert plugin is not None, module
-        impls = [impl for caller in pm.get_hookcallers(plugin) or ()
-                 for impl in caller.get_hookimpls() if impl.plugin is plugin]
+        impls = {(caller.name, impl) for caller in pm.get_hookcallers(plugin) or ()
+                 for impl in caller.get_hookimpls() if impl.plugin is plugin}
         assert impls, module
-        assert all(impl.trylast for impl in impls), module
+        for name, impl in impls:
+            first = (module, name) == ("first_proxy.builtin.api_keys", "authenticate")
+            assert (impl.tryfirst, impl.trylast) == (first, not first), (module, name)
 
 
 def test_installed_plugins_load_from_entry_points() -> None:
@@ -417,16 +419,20 @@ async def test_hook_authenticate(make_gateway: Any, reference_upstream: Referenc
         {"auth": api_keys({"name": "bob", "key": "sk-bob-123456789"}),
          "models": {"m": targets(reference_upstream, "a")}},
         plugins=[ReferenceBackend(), HeaderAuth()])
-    # The plugin is asked first: its identity wins over a valid API key.
+    # The built-in API keys are asked first: a configured key is answered there, even when
+    # the plugin would know the caller too ...
     assert (await post(server, "m", headers={**AUTH, "X-User": "ada"}))[0] == 200
-    # When it answers None, the built-in API keys are asked.
-    assert (await post(server, "m", headers={"Authorization": "Bearer sk-bob-123456789"}))[0] == 200
+    assert (await post(server, "m", headers={"Authorization": "Bearer sk-bob-123456789",
+                                             "X-User": "ada"}))[0] == 200
+    # ... and what is not a key is left to the plugins.
+    assert (await post(server, "m", headers={"X-User": "ada"}))[0] == 200
     status, _, body = await post(server, "m", headers={"Authorization": "Bearer revoked-token"})
     assert (status, body["error"]["code"]) == (401, "token_revoked")
     assert body["error"]["message"] == "that token was revoked"
     status, _, body = await post(server, "m", headers={"Authorization": "Bearer nobody-knows"})
     assert status == 401
-    assert [r["user"] for r in await logged_rows(server)] == ["hdr:ada", "key:bob", None, None]
+    assert [r["user"] for r in await logged_rows(server)] == [
+        "key:tester", "key:bob", "hdr:ada", None, None]
 
 
 class Gatekeeper:

@@ -1,1 +1,2 @@
-"""Default plugins shipped in the core. Every hook here is ``trylast``: installed plugins win."""
+"""Default plugins shipped in the core. Their hooks are ``trylast`` (installed plugins win),
+but for the API-key check, which runs first so that a configured key never reaches a plugin."""

@@ -13,12 +13,16 @@ from typing import Any
 
 from .backend import ReferenceBackend
 from .gateway import GatewayServer
+from .globus import FakeGlobus, GlobusToken, GlobusUser
 from .upstream import ReceivedRequest, ReferenceUpstream
 from .waiting import eventually
 
 __all__ = [
     "TEST_KEY",
+    "FakeGlobus",
     "GatewayServer",
+    "GlobusToken",
+    "GlobusUser",
     "MakeGateway",
     "ReceivedRequest",
     "ReferenceBackend",

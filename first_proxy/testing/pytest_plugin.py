@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from . import GatewayServer, MakeGateway, ReferenceUpstream, api_keys
+from . import FakeGlobus, GatewayServer, MakeGateway, ReferenceUpstream, api_keys
 
-__all__ = ["make_gateway", "reference_upstream"]
+__all__ = ["fake_globus", "make_gateway", "reference_upstream"]
 
 
 @pytest.fixture
@@ -22,6 +22,19 @@ async def reference_upstream() -> AsyncIterator[ReferenceUpstream]:
     """A started :class:`ReferenceUpstream` serving ``reference-model``."""
     async with ReferenceUpstream() as upstream:
         yield upstream
+
+
+@pytest.fixture
+async def fake_globus(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeGlobus]:
+    """A started :class:`FakeGlobus`; globus-sdk clients made during the test call it.
+
+    It sets ``GLOBUS_SDK_SERVICE_URL_AUTH`` and ``GLOBUS_SDK_SERVICE_URL_GROUPS``, which the
+    SDK reads when a client is constructed.
+    """
+    async with FakeGlobus() as fake:
+        monkeypatch.setenv("GLOBUS_SDK_SERVICE_URL_AUTH", fake.url)
+        monkeypatch.setenv("GLOBUS_SDK_SERVICE_URL_GROUPS", fake.url)
+        yield fake
 
 
 @pytest.fixture
