@@ -13,16 +13,19 @@ import pytest
 
 from .backend import ReferenceBackend
 from .gateway import GatewayServer
+from .scheduler import FakeScheduler, SchedulerCall
 from .upstream import ReceivedRequest, ReferenceUpstream
 from .waiting import eventually
 
 __all__ = [
     "TEST_KEY",
+    "FakeScheduler",
     "GatewayServer",
     "MakeGateway",
     "ReceivedRequest",
     "ReferenceBackend",
     "ReferenceUpstream",
+    "SchedulerCall",
     "api_keys",
     "eventually",
     "make_gateway",
