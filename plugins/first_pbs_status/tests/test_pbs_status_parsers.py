@@ -9,12 +9,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-
 from first_pbs_status.jobs import ModelNames, ModelRules, ModelState, Snapshot, summarize
 from first_pbs_status.pbs import parse_pbsnodes, parse_qstat
 from first_pbs_status.reading import OutputError
 from first_pbs_status.settings import DEFAULT_JOB_NAME_PATTERN
 from first_pbs_status.slurm import parse_sinfo, parse_squeue
+
 from first_proxy import Target
 
 DATA = Path(__file__).parent / "data"
