@@ -96,8 +96,10 @@ def report_status(target: Target, gateway: Gateway) -> Status | None:
         return None
     snapshot = state.poller.snapshot(target.cluster)
     if snapshot is None:
+        scheduler = state.poller.pollers[target.cluster].settings.scheduler
         return Status(reachable=False, last_error="the scheduler has not answered its first "
-                      "query yet", detail={"cluster": target.cluster, "state": "unknown"})
+                      "query yet", detail={"cluster": target.cluster, "scheduler": scheduler,
+                                           "state": "unknown"})
     return snapshot.status()
 
 

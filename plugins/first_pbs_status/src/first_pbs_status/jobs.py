@@ -203,9 +203,12 @@ class Snapshot:
 
 
 def duration(seconds: float) -> str:
-    """``42 s``, ``5 min``, ``2 h 5 min``: an age or a wait, for people."""
+    """``42 s``, ``5 min``, ``2 h 5 min``, ``3 d 4 h``: an age or a wait, for people."""
     seconds = max(0, round(seconds))
     if seconds < 120:
         return f"{seconds} s"
     minutes = seconds // 60
-    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
+    if minutes < 120:
+        return f"{minutes} min"
+    hours = minutes // 60
+    return f"{hours} h {minutes % 60} min" if hours < 48 else f"{hours // 24} d {hours % 24} h"
