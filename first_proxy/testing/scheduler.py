@@ -24,7 +24,7 @@ _ANSWER = """\
 import fcntl, json, sys, time
 
 state, name = sys.argv[1], sys.argv[2]
-given = sys.stdin.read() if not sys.stdin.closed else ""
+given = sys.stdin.read() if sys.stdin is not None else ""
 with open(f"{state}/{name}.calls", "a") as calls:
     fcntl.flock(calls, fcntl.LOCK_EX)
     calls.write(json.dumps({"argv": sys.argv[3:], "stdin": given}) + "\\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,11 @@ async def test_two_gateway_processes_sharing_claims_submit_one_job(
     assert len(scheduler.calls("qsub")) == 1
     assert {a.state for a in answers} == {"submitted"}
     assert sum(a.submitted for a in answers) == 1
+    # The process that lost the claim does not know the job's id, only that it is on its way.
+    elsewhere = next(a for a in answers if a.job_id is None)
+    assert elsewhere.message() == (
+        f"{MODEL} is not running yet: a job was submitted on polaris to start it. Retry in "
+        "60 s; GET /status shows its progress.")
 
 
 async def test_nothing_is_submitted_for_a_model_that_runs(
@@ -141,7 +147,7 @@ async def test_a_failed_submission_is_not_retried_at_once(
     assert (first.state, first.reason) == ("failed", "`qsub` exited with status 1: qsub: "
                                                      "Unknown queue")
     assert first.message() == (
-        f"{MODEL} is not running, and starting it on polaris failed (its job: `qsub` exited "
+        f"{MODEL} is not running, and starting it on polaris failed (`qsub` exited "
         "with status 1: qsub: Unknown queue). Ask the administrator to look at it.")
     assert len(scheduler.calls("qsub")) == 1
 
@@ -260,3 +266,17 @@ def test_messages_say_where_and_how_far() -> None:
     assert starting.message(now=1045.0) == (
         "m is starting on sophia: job 5201 has run for 45 s and the model is loading. Retry in "
         "60 s; GET /status shows its progress.")
+
+
+def test_a_cold_start_is_a_503_with_retry_after() -> None:
+    start = ColdStart(model="m", cluster="polaris", state="submitted", job_id="8400.s",
+                      retry_after=45.4)
+    error = start.as_error()
+    response = error.response("req-1")
+    assert (response.status, response.headers["Retry-After"]) == (503, "45")
+    assert json.loads(error.body()) == {"error": {
+        "message": "m is not running yet: job 8400.s was submitted on polaris to start it. "
+                   "Retry in 45 s; GET /status shows its progress.",
+        "type": "service_unavailable", "param": None, "code": "model_starting"}}
+    failed = ColdStart(model="m", cluster="polaris", state="failed", reason="qsub: no")
+    assert failed.as_error().code == "model_start_failed"

@@ -6,6 +6,7 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -264,6 +265,17 @@ def test_unreadable_squeue_output(text: str, message: str) -> None:
 
 
 # -- models and status ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "parse"), [
+    ("qstat-2022.1-running.json", lambda text: parse_qstat(text, tz=CHICAGO)),
+    ("squeue-24.05-v0.0.41.json", parse_squeue),
+])
+def test_only_the_service_accounts_jobs_serve_models(name: str, parse: Any) -> None:
+    jobs, _ = parse(read(name))
+    assert {j.user for j in jobs if j.name == LLAMA_8B} == {"svcfirst"}
+    assert LLAMA_8B in models(jobs, job_user="svcfirst")
+    assert models(jobs, job_user="alice") == {}  # alice's jobs are not named first-...
 
 
 def test_job_names_map_to_the_names_targets_use() -> None:

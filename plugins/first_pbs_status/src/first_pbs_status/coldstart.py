@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from first_proxy import Status, Target
+from first_proxy.errors import NoTargetAvailable
 
 from .commands import CommandError, shown
 from .jobs import FAILED, HELD, QUEUED, RUNNING, STARTING, ModelState, duration
@@ -91,31 +92,35 @@ class ColdStart:
     def message(self, now: float | None = None) -> str:
         """What to tell the caller: where the model is starting, how far, and what to do."""
         now = time.time() if now is None else now
-        job = f"job {self.job_id}" if self.job_id else "its job"
+        job = f"job {self.job_id}" if self.job_id else ""
         on = f"on {self.cluster}"
-        if self.state == SUBMITTED:
-            text = (f"{self.model} is not running yet: {job} was submitted {on} to start it"
-                    if self.submitted else
-                    f"{self.model} is not running yet: {job} to start it was submitted {on}")
-        elif self.state == QUEUED:
+        if self.state == HELD:
+            because = f" ({self.reason})" if self.reason else ""
+            return (f"{self.model} cannot start {on} yet: {job or 'its job'} is held{because}. "
+                    "Ask the administrator to release it.")
+        if self.state == FAILED:
+            because = ": ".join(part for part in (job, self.reason) if part)
+            return (f"{self.model} is not running, and starting it {on} failed"
+                    f"{f' ({because})' if because else ''}. Ask the administrator to look at it.")
+        if self.state == QUEUED:
             where = f"position {self.queue_position} in its queue, " if self.queue_position else ""
-            text = f"{self.model} is starting {on}: {job} is queued ({where}waiting {_age(self.since, now)}"
-            if self.expected_start:
-                text += f", expected to start in {_age(now, self.expected_start)}"
-            text += ")"
+            expected = (f", expected to start in {_age(now, self.expected_start)}"
+                        if self.expected_start else "")
+            text = (f"{self.model} is starting {on}: {job or 'its job'} is queued ({where}waiting "
+                    f"{_age(self.since, now)}{expected})")
         elif self.state == STARTING:
-            text = (f"{self.model} is starting {on}: {job} has run for {_age(self.since, now)} "
-                    "and the model is loading")
-        elif self.state == HELD:
-            text = f"{self.model} cannot start {on} yet: {job} is held"
-            text += f" ({self.reason})" if self.reason else ""
-            return text + ". Ask the administrator to release it."
+            text = (f"{self.model} is starting {on}: {job or 'its job'} has run for "
+                    f"{_age(self.since, now)} and the model is loading")
         else:
-            text = f"{self.model} is not running, and starting it {on} failed"
-            text += f" ({job}: {self.reason})" if self.reason else f" ({job})"
-            return text + ". Ask the administrator to look at it."
-        return (f"{text}. Retry in {round(self.retry_after)} s; GET /status shows its "
-                "progress.")
+            text = f"{self.model} is not running yet: {job or 'a job'} was submitted {on} to start it"
+        return f"{text}. Retry in {round(self.retry_after)} s; GET /status shows its progress."
+
+
+    def as_error(self) -> NoTargetAvailable:
+        """The 503 to answer with: this message, ``Retry-After``, code ``model_starting``."""
+        return NoTargetAvailable(self.message(), code="model_starting" if self.state != FAILED
+                                 else "model_start_failed",
+                                 headers={"Retry-After": str(max(1, round(self.retry_after)))})
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,8 @@ class Job:
     state: str
     #: The queue (PBS) or partition (Slurm): queue positions are counted within it.
     queue: str = ""
+    #: The user the job runs as.
+    user: str = ""
     #: UNIX times; ``None`` when the scheduler does not say.
     submitted: float | None = None
     started: float | None = None
@@ -107,12 +109,16 @@ class ModelRules:
     job_name_pattern: re.Pattern[str]
     #: A job attribute holding the model's name; tried before the job name.
     model_attribute: str | None = None
+    #: When set, only this user's jobs serve models.
+    job_user: str | None = None
     #: A running job is ``starting`` for this many seconds after it started ...
     warm_up: float = 0.0
     #: ... and, when set, until its comment matches this.
     ready_comment: re.Pattern[str] | None = None
 
     def model_of(self, job: Job) -> str | None:
+        if self.job_user is not None and job.user != self.job_user:
+            return None
         if self.model_attribute is not None:
             value = job.attributes.get(self.model_attribute)
             if value:

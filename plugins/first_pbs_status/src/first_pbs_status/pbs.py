@@ -96,6 +96,7 @@ def _job(job_id: str, attrs: dict[str, Any], tz: tzinfo | None) -> Job | None:
         name=as_text(attrs.get("Job_Name")),
         state=state,
         queue=as_text(attrs.get("queue")),
+        user=as_text(attrs.get("Job_Owner")).split("@", 1)[0],
         submitted=_time(attrs.get("qtime"), tz),
         started=_time(attrs.get("stime"), tz),
         expected_start=(_time(estimated.get("start_time"), tz)

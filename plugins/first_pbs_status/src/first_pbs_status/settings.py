@@ -180,6 +180,7 @@ def _cluster(name: str, entry: Mapping[str, Any], config: GatewayConfig,
         job_name_pattern=r.pattern(entry, "job_name_pattern", DEFAULT_JOB_NAME_PATTERN,
                                    group="model") or re.compile(DEFAULT_JOB_NAME_PATTERN),
         model_attribute=r.text(entry, "model_attribute"),
+        job_user=r.text(entry, "job_user"),
         warm_up=r.number(entry, "warm_up", 0.0, zero=True),
         ready_comment=r.pattern(entry, "ready_comment", None),
     )

@@ -117,6 +117,7 @@ def _job(raw: dict[str, Any]) -> Job | None:
         name=as_text(raw.get("name")),
         state=state,
         queue=as_text(raw.get("partition")),
+        user=as_text(raw.get("user_name")),
         submitted=_number(raw.get("submit_time")) or None,
         started=None if pending else start,
         expected_start=start if pending else None,
