@@ -87,7 +87,7 @@ async def test_twenty_concurrent_requests_submit_one_job(
     assert len(scheduler.calls("qsub")) == 1
     queued, = set(answers)
     assert (queued.state, queued.queue_position, queued.submitted) == ("queued", 2, False)
-    assert queued.job_id == "8202.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov"
+    assert queued.job_id == "8202.polaris-pbs-01.example.org"
 
 
 async def test_two_gateway_processes_sharing_claims_submit_one_job(
@@ -131,8 +131,8 @@ async def test_a_held_job_is_reported_not_replaced(
     start = await ColdStarter(poller).start("qwen", [qwen], {})
     assert start is not None and start.state == "held"
     assert start.message() == (
-        "Qwen2.5-72B-Instruct cannot start on polaris yet: job 8203.polaris-pbs-01.hsn.cm."
-        "polaris.alcf.anl.gov is held (Job held by svcfirst on Tue Jan  6 03:40:00 2026). Ask the "
+        "Qwen2.5-72B-Instruct cannot start on polaris yet: job 8203.polaris-pbs-01.example.org is "
+        "held (Job held by svcfirst on Tue Jan  6 03:40:00 2026). Ask the "
         "administrator to release it.")
     assert scheduler.calls("qsub") == []
 
@@ -162,7 +162,7 @@ async def test_a_job_that_failed_is_not_resubmitted(
     await poller.refresh("polaris")
     start = await ColdStarter(poller).start("mistral", [mistral], {})
     assert start is not None and (start.state, start.job_id) == (
-        "failed", "8050.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov")
+        "failed", "8050.polaris-pbs-01.example.org")
     assert scheduler.calls("qsub") == []
 
 
@@ -236,8 +236,8 @@ async def test_the_cluster_with_the_most_free_nodes_starts_it(
 
 
 @pytest.mark.parametrize(("scheduler_name", "output", "job_id"), [
-    ("pbs", "8400.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov\n",
-     "8400.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov"),
+    ("pbs", "8400.polaris-pbs-01.example.org\n",
+     "8400.polaris-pbs-01.example.org"),
     ("pbs", "8401[].polaris-pbs-01\n", "8401[].polaris-pbs-01"),
     ("pbs", "Job submitted with project FIRST\n8402.s1\n", "8402.s1"),
     ("slurm", "Submitted batch job 7001\n", "7001"),

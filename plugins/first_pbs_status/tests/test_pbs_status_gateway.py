@@ -85,7 +85,7 @@ async def test_status_shows_the_clusters_state_as_the_scheduler_changes(
     detail = status["detail"]
     assert (detail["cluster"], detail["scheduler"], detail["state"], detail["free_nodes"]) == (
         "polaris", "pbs", "up", 3)
-    assert detail["models"][MODEL]["jobs"] == ["8101.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov"]
+    assert detail["models"][MODEL]["jobs"] == ["8101.polaris-pbs-01.example.org"]
     assert detail["models"][MODEL]["nodes"] == 2
     async with openai.AsyncOpenAI(base_url=server.base_url, api_key=TEST_KEY,
                                   max_retries=0) as client:
@@ -202,8 +202,7 @@ async def test_the_status_command_prints_clusters_jobs_and_targets(
     assert clusters[2].startswith("polaris pbs up 3 ")
     assert clusters[2].endswith(" ago PBS 2022.1.1.20220926110806")
     assert jobs[0] == "cluster model state jobs facts"
-    assert jobs[2].startswith(f"polaris {MODEL} running 8101.polaris-pbs-01.hsn.cm.polaris."
-                              "alcf.anl.gov for ")
+    assert jobs[2].startswith(f"polaris {MODEL} running 8101.polaris-pbs-01.example.org for ")
     assert jobs[2].endswith(" on 2 node(s)")
     # A model the gateway does not serve, running there too, as its job names it:
     assert jobs[3].startswith("polaris Mistral-7B-Instruct-v0.3 running 8105.")
