@@ -13,12 +13,16 @@ def combine(own: Status | None, cluster: Status | None) -> Status | None:
 
     A cluster whose state could not be read (``reachable`` false) says nothing about the
     target beyond its ``last_error``: the scheduler being unreadable is not the server down.
+    With no status of its own, the target's state is then ``unknown`` (``detail["state"]``),
+    which the built-in selection ranks above targets known to be down.
     """
     if cluster is None:
         return own
     if not cluster.reachable:
         if own is None:
-            return None
+            return Status(reachable=False, last_error=cluster.last_error,
+                          checked_at=cluster.checked_at,
+                          detail={**cluster.detail, "state": "unknown"})
         return Status(reachable=own.reachable, models=own.models, queue_depth=own.queue_depth,
                       running_requests=own.running_requests, kv_cache_usage=own.kv_cache_usage,
                       last_error=own.last_error, checked_at=own.checked_at,

@@ -22,7 +22,8 @@ def rank(target: Target, status: Status | None) -> tuple[int, float, float, floa
     if status is None:
         return (_UNKNOWN, 0.0, 0.0, 0.0)
     if not status.reachable:
-        return (_DOWN, 0.0, 0.0, 0.0)
+        # A cluster whose scheduler could not be read: not known to be down.
+        return (_UNKNOWN if status.detail.get("state") == "unknown" else _DOWN, 0.0, 0.0, 0.0)
     if not status.models:
         state: str | None = "running"
     else:

@@ -14,12 +14,14 @@ from typing import Any
 from .backend import ReferenceBackend
 from .gateway import GatewayServer
 from .globus import FakeGlobus, GlobusToken, GlobusUser
+from .scheduler import FakeScheduler, SchedulerCall
 from .upstream import ReceivedRequest, ReferenceUpstream
 from .waiting import eventually
 
 __all__ = [
     "TEST_KEY",
     "FakeGlobus",
+    "FakeScheduler",
     "GatewayServer",
     "GlobusToken",
     "GlobusUser",
@@ -27,6 +29,7 @@ __all__ = [
     "ReceivedRequest",
     "ReferenceBackend",
     "ReferenceUpstream",
+    "SchedulerCall",
     "api_keys",
     "eventually",
 ]

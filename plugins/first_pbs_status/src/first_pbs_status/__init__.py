@@ -1,0 +1,95 @@
+"""first-proxy cluster status from PBS Pro and Slurm, and cold starts of models.
+
+For each ``clusters:`` entry with ``status: pbs`` or ``status: slurm`` the plugin asks the
+scheduler every ``poll_interval`` seconds which jobs run or wait, tells which job serves which
+model, and reports that as the status of every target on the cluster. A cluster with
+``cold_start`` may submit the job that starts a model that runs nowhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import click
+
+from first_proxy import Gateway, GatewayConfig, Status, hookimpl
+from first_proxy.errors import ConfigError
+
+from .cli import status_command
+from .coldstart import Claims, ColdStart, ColdStarter, MemoryClaims
+from .commands import CommandResult, CommandRunner, LocalRunner
+from .jobs import Snapshot
+from .poller import StatusPoller
+from .settings import check_files, read_clusters
+
+NAME = "first_pbs_status"
+
+__all__ = [
+    "NAME",
+    "Claims",
+    "ColdStart",
+    "ColdStarter",
+    "CommandResult",
+    "CommandRunner",
+    "LocalRunner",
+    "MemoryClaims",
+    "Running",
+    "Snapshot",
+    "StatusPoller",
+    "running",
+]
+
+@dataclass(frozen=True)
+class Running:
+    """What the plugin runs for one gateway, in ``gateway.state[NAME]``."""
+
+    poller: StatusPoller
+    cold_starts: ColdStarter
+
+
+@contextlib.asynccontextmanager
+async def running(gateway: Gateway) -> AsyncIterator[Running]:
+    """Poll the clusters of ``gateway``'s configuration for as long as the context is open."""
+    clusters, problems = read_clusters(gateway.config)
+    problems += [p for cluster in clusters for p in check_files(cluster)]
+    if problems:
+        raise ConfigError(gateway.config.source, problems)
+    publish = lambda snapshot: gateway.push_status(snapshot.cluster, snapshot.status())  # noqa: E731
+    async with StatusPoller(clusters, on_update=publish) as poller:
+        state = gateway.state[NAME] = Running(poller, ColdStarter(poller))
+        try:
+            yield state
+        finally:
+            del gateway.state[NAME]
+
+
+@hookimpl
+def check_config(config: GatewayConfig) -> list[tuple[str, str]]:
+    return read_clusters(config)[1]
+
+
+@hookimpl
+def lifespan(gateway: Gateway) -> contextlib.AbstractAsyncContextManager[Running]:
+    return running(gateway)
+
+
+@hookimpl
+def report_status(cluster: str, gateway: Gateway) -> Status | None:
+    """The cluster's last snapshot, from the poller's cache: never a scheduler call here."""
+    state: Running | None = gateway.state.get(NAME)
+    if state is None or cluster not in state.poller.pollers:
+        return None
+    snapshot = state.poller.snapshot(cluster)
+    if snapshot is None:
+        scheduler = state.poller.pollers[cluster].settings.scheduler
+        return Status(reachable=False, last_error="the scheduler has not answered its first "
+                      "query yet", detail={"cluster": cluster, "scheduler": scheduler,
+                                           "state": "unknown"})
+    return snapshot.status()
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(status_command)
