@@ -126,9 +126,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     so that a body that would be refused is never sent."""
     gateway = request.app[GATEWAY]
     try:
-        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
-            raise ExpectationFailed("Only 'Expect: 100-continue' is understood; leave out the "
-                                    "Expect header.")
+        _check_expectation(request)
         size = request.content_length
         if size is not None and size > gateway.config.server.max_body_bytes:
             raise _too_large(gateway)
@@ -136,10 +134,33 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     except ProxyError as e:
         e.close_connection = True  # the body may follow anyway; it is not read
         return e.response(request_id(request))
+    await _continue(request)
+    return None
+
+
+async def expect_no_body(request: web.Request) -> web.StreamResponse | None:
+    """``Expect`` on the routes that read no body: ``100-continue`` is answered at once, as
+    aiohttp does, and any other expectation gets a 417 in OpenAI's shape, not aiohttp's
+    plain text."""
+    try:
+        _check_expectation(request)
+    except ProxyError as e:
+        e.close_connection = True
+        return e.response(request_id(request))
+    await _continue(request)
+    return None
+
+
+def _check_expectation(request: web.Request) -> None:
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        raise ExpectationFailed("Only 'Expect: 100-continue' is understood; leave out the "
+                                "Expect header.")
+
+
+async def _continue(request: web.Request) -> None:
     if request.version >= HttpVersion11:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the answer proper has not begun
-    return None
 
 
 def shown(name: str) -> str:

@@ -1,8 +1,10 @@
 """The HTTP server around the application: aiohttp's, with its edges shaped like the API.
 
 A request aiohttp's parser refuses (a broken chunk size, a missing Host, an oversized header)
-never reaches a route; aiohttp answers it in plain text. :class:`GatewayRunner` answers it
-in OpenAI's error shape instead, and closes connections that sit idle or half sent.
+never reaches a route; aiohttp answers it in plain text, as it does a request whose target is
+not a path (``OPTIONS *``, ``CONNECT host:443``), which no route can match.
+:class:`GatewayRunner` answers both in OpenAI's error shape instead, and closes connections
+that sit idle or half sent.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
+from .api.errors import unknown_route
 from .errors import error_body
 from .keys import GATEWAY
 
@@ -36,7 +40,25 @@ class GatewayRunner(web.AppRunner):
         server = await super()._make_server()
         server.__class__ = _Server
         server.server_header = self.app[GATEWAY].config.server.server_header  # type: ignore[attr-defined]
+        server.request_handler = _paths_only(server.request_handler, server.server_header)  # type: ignore[attr-defined]
         return server
+
+
+def _paths_only(handler: Handler, server_header: str) -> Any:
+    """``handler`` for requests whose target is a path; a 404 in OpenAI's shape for the rest.
+
+    A plain function, not a coroutine, so that the requests it passes on pay no extra await.
+    """
+
+    async def not_a_path(request: web.Request) -> web.StreamResponse:
+        response = await unknown_route(request)
+        response.headers["Server"] = server_header  # no application hook runs for it
+        return response
+
+    def handle(request: web.Request) -> Any:
+        return handler(request) if request.path.startswith("/") else not_a_path(request)
+
+    return handle
 
 
 class _Server(web.Server):

@@ -144,6 +144,21 @@ async def test_requests_the_http_parser_refuses_get_an_openai_error(connect: Any
     await still_serving(connect)
 
 
+@pytest.mark.parametrize("target", [b"*", b"gateway:443", b"/v1/%0A", b"/v1/models/a%0Ab",
+                                    b"http://gateway/v1/%0a?x=1"])
+async def test_a_target_no_route_can_match_is_an_openai_404(connect: Any, target: bytes) -> None:
+    connection = await connect()
+    method = b"CONNECT" if target == b"gateway:443" else b"OPTIONS" if target == b"*" else b"GET"
+    await connection.send(b"%s %s HTTP/1.1\r\nHost: gateway\r\n\r\n" % (method, target))
+    answer = await connection.answer()
+    assert answer.status == 404, answer
+    error = answer.error()
+    assert error["code"] == "unknown_route"
+    assert f"{method.decode()} {target.decode()}." in error["message"]
+    assert answer.headers["server"] == "first-proxy"
+    assert answer.headers["x-request-id"]
+
+
 # -- credentials the key check cannot decode -----------------------------------------------
 
 
@@ -163,7 +178,7 @@ async def test_a_non_utf8_bearer_token_is_401(connect: Any, reference_upstream: 
     answer = await connection.answer()
     assert answer.status == 401, answer
     assert answer.error()["code"] == "invalid_api_key"
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
 
 
 # -- Expect: 100-continue -------------------------------------------------------------------
@@ -195,8 +210,33 @@ async def test_expect_continue_is_refused_before_the_body_is_sent(
     assert answer.status == status, answer
     assert answer.error()["code"] == code
     assert answer.headers["connection"] == "close"
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
     await still_serving(connect)
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/health"), ("GET", "/v1/models"), ("GET", "/status"), ("GET", "/nowhere"),
+    ("DELETE", "/v1/chat/completions"),
+])
+@pytest.mark.parametrize("expectation", [b"200-ok", b"100-continue\xff", b"\xff\xfe"])
+async def test_an_unknown_expectation_on_any_route_is_417(connect: Any, method: str, path: str,
+                                                          expectation: bytes) -> None:
+    connection = await connect()
+    await connection.send(b"%s %s HTTP/1.1\r\nHost: gateway\r\nExpect: %s\r\n\r\n"
+                          % (method.encode(), path.encode(), expectation))
+    answer = await connection.answer()
+    assert answer.status == 417, answer
+    assert answer.error()["code"] == "expectation_failed"
+    await still_serving(connect)
+
+
+async def test_expect_continue_on_a_route_without_a_body_is_answered_at_once(connect: Any) -> None:
+    connection = await connect()
+    await connection.send(b"GET /health HTTP/1.1\r\nHost: gateway\r\nExpect: 100-continue\r\n\r\n")
+    assert await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), PATIENCE) == (
+        b"HTTP/1.1 100 Continue\r\n\r\n")
+    answer = await connection.answer()
+    assert (answer.status, orjson.loads(answer.body)) == (200, {"status": "ok"})
 
 
 # -- slow and idle connections ----------------------------------------------------------------
@@ -212,7 +252,7 @@ async def test_a_body_that_stops_arriving_is_408(connect: Any,
     assert error["code"] == "request_timeout"
     assert "0.3 s" in error["message"]
     assert await connection.closed()
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
     await still_serving(connect)
 
 
