@@ -134,7 +134,7 @@ async def test_a_body_not_in_its_content_encoding_is_400(http: aiohttp.ClientSes
     response = await post(http, server, "chat/completions", CHAT, {"Content-Encoding": encoding})
     error = await expect_error(response, 400, "invalid_body")
     assert repr(encoding) in error["message"] and "Content-Encoding" in error["message"]
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
     assert (await post(http, server, "chat/completions", CHAT)).status == 200
 
 
@@ -160,7 +160,7 @@ async def test_a_body_giving_model_twice_is_400(http: aiohttp.ClientSession, ser
     error = await expect_error(await post(http, server, "chat/completions", raw), 400,
                                "duplicate_parameter", "model")
     assert "'model'" in error["message"]
-    assert reference_upstream.received == []
+    assert not reference_upstream.received
 
 
 async def test_keys_spelled_once_are_not_duplicates(http: aiohttp.ClientSession,
@@ -606,17 +606,28 @@ async def test_a_renamed_model_is_the_only_change_the_upstream_sees(
     assert bytes_upstream.bodies[-1] == AS_WRITTEN.replace(b'"reference-model"', b'"up/model-7"')
 
 
-async def test_a_body_too_deep_to_edit_is_400(http: aiohttp.ClientSession, make_gateway: MakeGateway,
-                                              bytes_upstream: BytesUpstream) -> None:
+def nested(levels: int) -> bytes:
+    """A chat request nested ``levels`` deep, the outer object included."""
+    inner = levels - 1
+    return orjson.dumps(CHAT)[:-1] + b', "x-deep": ' + b"[" * inner + b"]" * inner + b"}"
+
+
+async def test_a_body_nested_512_levels_is_edited_and_one_deeper_is_400(
+        http: aiohttp.ClientSession, make_gateway: MakeGateway,
+        bytes_upstream: BytesUpstream) -> None:
     server = await make_gateway({"models": {MODEL: {"targets": [
         {"name": "a", "backend": "reference", "url": bytes_upstream.url, "model": "up/model-7"}]}}},
         plugins=[ReferenceBackend()])
-    deep = orjson.dumps(CHAT)[:-1] + b', "x-deep": ' + b"[" * 1000 + b"]" * 1000 + b"}"
-    assert orjson.loads(deep)["model"] == MODEL  # valid JSON, within what orjson reads
-    error = await expect_error(await post(http, server, "chat/completions", deep), 400,
-                               "invalid_json")
-    assert "nested too deeply" in error["message"]
-    assert list(bytes_upstream.bodies) == []
+    assert (await post(http, server, "chat/completions", nested(512))).status == 200
+    assert bytes_upstream.bodies[-1] == nested(512).replace(b'"reference-model"', b'"up/model-7"')
+    # Every depth orjson reads (up to 1,024) but the edit could not walk from the request's
+    # own place on the stack (Python's 1,000 frames, the gateway's included) is refused.
+    for levels in [513, 800, 970, 980, 990, 1000, 1024]:
+        assert orjson.loads(nested(levels))["model"] == MODEL
+        error = await expect_error(await post(http, server, "chat/completions", nested(levels)),
+                                   400, "invalid_json")
+        assert "nested too deeply" in error["message"] and "512 levels" in error["message"]
+    assert len(bytes_upstream.bodies) == 1
 
 
 # -- what the headers reveal -----------------------------------------------------------------
