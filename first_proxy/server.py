@@ -14,6 +14,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadStatusLine, InvalidHeader, InvalidURLError, LineTooLong
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
@@ -84,8 +85,8 @@ class _Connection(RequestHandler):
             text, type_, code = ("The gateway failed on this request; try again.",
                                  "server_error", "internal_error")
         else:
-            log.debug("malformed request from %s: %s", request.remote, message or exc)
-            reason = (message or HTTPStatus(status).phrase).strip().splitlines()[0]
+            reason = _reason(status, exc, message)
+            log.debug("malformed request from %s: %s", request.remote, reason)
             text, type_, code = (f"The request is not valid HTTP ({reason}); check the "
                                  "client or proxy that sent it.", "invalid_request_error",
                                  "invalid_http")
@@ -94,3 +95,19 @@ class _Connection(RequestHandler):
                                 headers={"Server": self.server_header})
         response.force_close()
         return response
+
+
+def _reason(status: int, exc: BaseException | None, message: str | None) -> str:
+    """What is wrong with a refused request, quoting none of it: aiohttp's own messages can
+    hold the bytes at fault (the start of an oversized header, a caller's token with it)."""
+    if isinstance(exc, LineTooLong):
+        return f"a line longer than {exc.args[1]} bytes"
+    if isinstance(exc, InvalidHeader):
+        return "a header with a character or a form HTTP does not allow"
+    if isinstance(exc, InvalidURLError):
+        return "a request target that is not a URL"
+    if isinstance(exc, BadStatusLine) and "HTTPS" not in (message or ""):
+        return "a request line that is not HTTP"
+    # The rest (llhttp's) name the fault, then quote the bytes after a colon.
+    lines = (message or "").strip().splitlines()
+    return (lines[0].split(":", 1)[0].strip() if lines else "") or HTTPStatus(status).phrase

@@ -7,6 +7,7 @@ gateway's answer follows these rules:
 - it never fails itself: no 500, no 503. A 502 (``upstream_error``) or 504
   (``upstream_timeout``) is allowed, because it relays a target's own failure, and only when
   its message names the target's attempt (``a: ...``);
+- it never echoes the caller's key;
 - every error is OpenAI's JSON: ``application/json``, ``{"error": {"message": str, "type":
   str, "param", "code": str or null}}`` (HEAD answers carry no body, so only their status
   and type are checked);
@@ -175,6 +176,7 @@ def check(answer: Answer, method: bytes = b"POST") -> dict[str, Any] | None:
     """Apply the module's rules to one answer; its error object, if it is an error."""
     assert 200 <= answer.status < 600, answer
     assert answer.headers.get("server") == "first-proxy", answer
+    assert TEST_KEY.encode() not in answer.body, answer  # a caller's key is never echoed
     if answer.status < 400:
         event(f"{answer.status}")  # --hypothesis-show-statistics shows what was reached
         return None

@@ -4,6 +4,7 @@ shape, and connections that are slow or idle closed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,23 @@ async def test_a_target_no_route_can_match_is_an_openai_404(connect: Any, target
     assert f"{method.decode()} {target.decode()}." in error["message"]
     assert answer.headers["server"] == "first-proxy"
     assert answer.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("header", [
+    b"Authorization: Bearer sk-secret-" + b"s" * 9000,
+    b"Authorization: Bearer sk-secret-\x00",
+    b"X-Api-Key: sk-secret-" + b"s" * 9000,
+])
+async def test_a_refused_request_is_not_quoted_back_or_logged(connect: Any, header: bytes,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    connection = await connect()
+    await connection.send(b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\n" + header + b"\r\n\r\n")
+    answer = await connection.answer()
+    assert answer.status == 400, answer
+    assert answer.error()["code"] == "invalid_http"
+    assert b"sk-secret" not in answer.body
+    assert "sk-secret" not in caplog.text
 
 
 # -- credentials the key check cannot decode -----------------------------------------------
