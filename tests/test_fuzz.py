@@ -343,6 +343,14 @@ async def test_a_valid_request_reaches_the_upstream_as_sent(
     (received,) = [r for r in gateway.upstream.received
                    if {k.lower(): v for k, v in r.headers.items()}.get("x-request-id") == rid]
     assert received.body == expected
+    if body.get("stream"):
+        # The caller gets the stream it asked for: whole, and a usage chunk only if it asked.
+        events = [line[6:] for line in answer.body.split(b"\n") if line.startswith(b"data: ")]
+        assert events[-1] == b"[DONE]", answer
+        chunks = [orjson.loads(event) for event in events[:-1]]
+        assert all("error" not in chunk for chunk in chunks), answer
+        asked = isinstance(options, dict) and options.get("include_usage") is True
+        assert ["usage" in chunk for chunk in chunks] == [False] * (len(chunks) - asked) + [True] * asked
 
 
 def _compressions() -> dict[str, Any]:
