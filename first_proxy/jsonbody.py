@@ -33,6 +33,10 @@ _QUOTE = re.compile(_WS + '"')
 _COLON = re.compile(_WS + ":" + _WS)
 _NEXT = re.compile(_WS + "([,}])" + _WS)
 _raw_decode = json.JSONDecoder().raw_decode
+#: Up to this many keys, a body's keys are checked by counting how often each is spelled, a
+#: scan of the body per key; beyond, by one parse that keeps duplicates (linear in the body,
+#: where scans per key would grow with its square).
+_FEW_KEYS = 16
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
@@ -92,10 +96,11 @@ def duplicate_key(raw: bytes, body: dict[str, Any]) -> str | None:
     orjson keeps the last of duplicated keys, while some upstreams keep the first: a body
     that says two things must be refused, not routed by one reading and served by another.
     """
-    if b"\\" not in raw and all(raw.count(b'"%s"' % key.encode()) == 1 for key in body):
+    if (len(body) <= _FEW_KEYS and b"\\" not in raw
+            and all(raw.count(b'"%s"' % key.encode()) == 1 for key in body)):
         return None  # each key is spelled once, and no escape can spell it differently
     seen: set[str] = set()
-    for key, _, _ in members(raw.decode())[0]:
+    for key, _ in json.loads(raw, object_pairs_hook=list):
         if key in seen:
             return key
         seen.add(key)

@@ -163,6 +163,22 @@ async def test_a_body_giving_model_twice_is_400(http: aiohttp.ClientSession, ser
     assert not reference_upstream.received
 
 
+@pytest.mark.parametrize("twice", [None, "k7", "k4999"])
+async def test_a_body_of_many_keys_is_checked_for_duplicates(
+        http: aiohttp.ClientSession, server: GatewayServer, reference_upstream: ReferenceUpstream,
+        twice: str | None) -> None:
+    raw = orjson.dumps({**CHAT, **{f"k{i}": i for i in range(5000)}})
+    if twice:
+        raw = raw[:-1] + b', "%s": 0}' % twice.encode()
+    response = await post(http, server, "chat/completions", raw)
+    if twice:
+        error = await expect_error(response, 400, "duplicate_parameter", twice)
+        assert repr(twice) in error["message"]
+    else:
+        assert response.status == 200
+        assert len(reference_upstream.received[-1].body) == 5002
+
+
 async def test_keys_spelled_once_are_not_duplicates(http: aiohttp.ClientSession,
                                                      server: GatewayServer,
                                                      reference_upstream: ReferenceUpstream) -> None:
