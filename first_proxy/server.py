@@ -41,7 +41,7 @@ class GatewayRunner(web.AppRunner):
         server = await super()._make_server()
         server.__class__ = _Server
         server.server_header = self.app[GATEWAY].config.server.server_header  # type: ignore[attr-defined]
-        server.request_handler = _paths_only(server.request_handler, server.server_header)  # type: ignore[attr-defined]
+        server.request_handler = _paths_only(server.request_handler, server.server_header)
         return server
 
 

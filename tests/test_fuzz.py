@@ -9,8 +9,8 @@ gateway's answer follows these rules:
   its message names the target's attempt (``a: ...``);
 - it never echoes the caller's key;
 - every error is OpenAI's JSON: ``application/json``, ``{"error": {"message": str, "type":
-  str, "param", "code": str or null}}`` (HEAD answers carry no body, so only their status
-  and type are checked);
+  str, "param", "code": str or null}}`` (HEAD answers carry no body: only their status and
+  content type are checked);
 - a valid request is served, and reaches the upstream as sent (only the model name and the
   usage request change);
 - the gateway goes on serving: a plain request after every example gets 200.
