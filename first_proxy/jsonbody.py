@@ -6,17 +6,24 @@ replaced. Every other value reaches it as written: integers beyond 64 bits, the 
 floats, key order, nesting of any depth.
 
 Finding where a value starts and ends needs a walk over the text, which costs a few
-microseconds; it is done only when a body has to change or may hold a duplicated key.
+microseconds; it is done only when a body has to change or may hold a duplicated key. The
+walk recurses into nested values, so a body must nest no deeper than :data:`MAX_DEPTH`
+(:func:`nesting` says how deep one does): then it can be walked from wherever it is called.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from itertools import accumulate
 from json.decoder import scanstring
 from typing import Any
 
-__all__ = ["duplicate_key", "members", "set_member"]
+__all__ = ["MAX_DEPTH", "duplicate_key", "members", "nesting", "set_member"]
+
+#: The deepest nesting a body may have: far below Python's recursion limit (1,000 frames, the
+#: walk's own included), and above orjson's 254, which the walk exists to get past.
+MAX_DEPTH = 512
 
 _WS = r"[ \t\n\r]*"
 _OPEN = re.compile(_WS + r"\{" + _WS)
@@ -26,6 +33,22 @@ _QUOTE = re.compile(_WS + '"')
 _COLON = re.compile(_WS + ":" + _WS)
 _NEXT = re.compile(_WS + "([,}])" + _WS)
 _raw_decode = json.JSONDecoder().raw_decode
+#: Up to this many keys, a body's keys are checked by counting how often each is spelled, a
+#: scan of the body per key; beyond, by one parse that keeps duplicates (linear in the body,
+#: where scans per key would grow with its square).
+_FEW_KEYS = 16
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def nesting(raw: bytes) -> int:
+    """How deeply the arrays and objects of the valid JSON text ``raw`` nest (0 for a bare
+    value), brackets inside strings aside. Every pass runs in C."""
+    # Without its escaped backslashes and quotes, a string is what lies between two quotes.
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.split(b'"')[::2])
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
 def members(text: str, at: int = 0) -> tuple[list[tuple[str, int, int]], int]:
@@ -67,17 +90,17 @@ def members(text: str, at: int = 0) -> tuple[list[tuple[str, int, int]], int]:
         raise ValueError(f"cannot walk the object: {e}") from None
 
 
-def duplicate_key(raw: bytes, body: dict[str, Any], *, walk: bool = False) -> str | None:
+def duplicate_key(raw: bytes, body: dict[str, Any]) -> str | None:
     """The first top-level key ``raw`` holds twice (``body`` is its parse), or None.
 
     orjson keeps the last of duplicated keys, while some upstreams keep the first: a body
     that says two things must be refused, not routed by one reading and served by another.
-    ``walk`` walks the body even when a cheaper look proves it has no duplicate.
     """
-    if not walk and b"\\" not in raw and all(raw.count(b'"%s"' % key.encode()) == 1 for key in body):
+    if (len(body) <= _FEW_KEYS and b"\\" not in raw
+            and all(raw.count(b'"%s"' % key.encode()) == 1 for key in body)):
         return None  # each key is spelled once, and no escape can spell it differently
     seen: set[str] = set()
-    for key, _, _ in members(raw.decode())[0]:
+    for key, _ in json.loads(raw, object_pairs_hook=list):
         if key in seen:
             return key
         seen.add(key)

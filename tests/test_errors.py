@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -10,8 +12,18 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from conftest import BytesUpstream
 
-from first_proxy import Backend, Call, Gateway, Target, UpstreamResponse, hookimpl, post_openai
+from first_proxy import (
+    Backend,
+    Call,
+    Denial,
+    Gateway,
+    Target,
+    UpstreamResponse,
+    hookimpl,
+    post_openai,
+)
 from first_proxy.testing import (
     TEST_KEY,
     GatewayServer,
@@ -123,6 +135,83 @@ async def test_a_400_names_what_to_fix(http: aiohttp.ClientSession, server: Gate
     assert "'messages'" in error["message"]
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "GZIP"])
+async def test_a_body_not_in_its_content_encoding_is_400(http: aiohttp.ClientSession,
+                                                         server: GatewayServer,
+                                                         reference_upstream: ReferenceUpstream,
+                                                         encoding: str) -> None:
+    response = await post(http, server, "chat/completions", CHAT, {"Content-Encoding": encoding})
+    error = await expect_error(response, 400, "invalid_body")
+    assert repr(encoding) in error["message"] and "Content-Encoding" in error["message"]
+    assert not reference_upstream.received
+    assert (await post(http, server, "chat/completions", CHAT)).status == 200
+
+
+@pytest.mark.parametrize(("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)])
+async def test_a_body_compressed_as_announced_is_served(http: aiohttp.ClientSession,
+                                                        server: GatewayServer,
+                                                        reference_upstream: ReferenceUpstream,
+                                                        encoding: str, compress: Any) -> None:
+    response = await post(http, server, "chat/completions", compress(orjson.dumps(CHAT)),
+                          {"Content-Encoding": encoding})
+    assert response.status == 200
+    assert reference_upstream.received[-1].body == CHAT
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "gpt-7", "messages": [{"role": "user", "content": "hi"}], "model": "reference-model"}',
+    b'{"model": "gpt-7", "messages": [{"role": "user", "content": "hi"}], "mod\\u0065l": "reference-model"}',
+    b'{"model":"reference-model","messages":[{"role":"user","content":"hi"}],"model" :"reference-model"}',
+])
+async def test_a_body_giving_model_twice_is_400(http: aiohttp.ClientSession, server: GatewayServer,
+                                                reference_upstream: ReferenceUpstream,
+                                                raw: bytes) -> None:
+    error = await expect_error(await post(http, server, "chat/completions", raw), 400,
+                               "duplicate_parameter", "model")
+    assert "'model'" in error["message"]
+    assert not reference_upstream.received
+
+
+@pytest.mark.parametrize("twice", [None, "k7", "k4999"])
+async def test_a_body_of_many_keys_is_checked_for_duplicates(
+        http: aiohttp.ClientSession, server: GatewayServer, reference_upstream: ReferenceUpstream,
+        twice: str | None) -> None:
+    raw = orjson.dumps({**CHAT, **{f"k{i}": i for i in range(5000)}})
+    if twice:
+        raw = raw[:-1] + b', "%s": 0}' % twice.encode()
+    response = await post(http, server, "chat/completions", raw)
+    if twice:
+        error = await expect_error(response, 400, "duplicate_parameter", twice)
+        assert repr(twice) in error["message"]
+    else:
+        assert response.status == 200
+        assert len(reference_upstream.received[-1].body) == 5002
+
+
+async def test_keys_spelled_once_are_not_duplicates(http: aiohttp.ClientSession,
+                                                     server: GatewayServer,
+                                                     reference_upstream: ReferenceUpstream) -> None:
+    # The key's name as a value, and as a key of a nested object, is not a second key.
+    body = {**CHAT, "messages": [{"role": "user", "content": '"model": "gpt-7"'}],
+            "metadata": {"model": "gpt-7", "messages": []}, "user": "model"}
+    raw = orjson.dumps(body).replace(b'"user":', b'"\\u0075ser":')
+    assert (await post(http, server, "chat/completions", raw)).status == 200
+    assert reference_upstream.received[-1].body == body
+
+
+async def test_a_completion_prompt_may_be_null_or_empty(http: aiohttp.ClientSession,
+                                                         make_gateway: MakeGateway,
+                                                         bytes_upstream: BytesUpstream) -> None:
+    server = await make_gateway({"models": {MODEL: {"targets": [
+        {"name": "a", "backend": "reference", "url": bytes_upstream.url}]}}},
+        plugins=[ReferenceBackend()])
+    for raw in [b'{"model": "reference-model", "prompt": null}',
+                b'{"model": "reference-model", "prompt": []}',
+                b'{"model": "reference-model"}']:
+        assert (await post(http, server, "completions", raw)).status == 200
+        assert bytes_upstream.bodies[-1] == raw
+
+
 # -- 401: who is calling --------------------------------------------------------------------
 
 
@@ -229,6 +318,23 @@ async def test_an_unknown_model_is_404(http: aiohttp.ClientSession, server: Gate
         await expect_error(response, 404, "model_not_found", "model")
 
 
+async def test_a_pinned_path_the_model_is_not_on_is_404_listing_where_it_is(
+        http: aiohttp.ClientSession, make_gateway: MakeGateway,
+        reference_upstream: ReferenceUpstream) -> None:
+    server = await make_gateway({"models": {MODEL: {"targets": [
+        reference_target(reference_upstream, "local"),
+        reference_target(reference_upstream, "polaris", cluster="polaris", framework="vllm"),
+    ]}}}, plugins=[ReferenceBackend()])
+    async with http.post(f"{server.url}/resource_server/sophia/vllm/v1/chat/completions",
+                         json=CHAT, headers=AUTH) as response:
+        error = await expect_error(response, 404, "model_not_found", "model")
+    assert "sophia/vllm" in error["message"]
+    assert "/resource_server/local/reference/v1, /resource_server/polaris/vllm/v1" in error["message"]
+    async with http.post(f"{server.url}/resource_server/polaris/vllm/v1/chat/completions",
+                         json=CHAT, headers=AUTH) as response:
+        assert (response.status, response.headers["X-First-Target"]) == (200, "polaris")
+
+
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/v1/nothing"), ("POST", "/v2/chat/completions"), ("GET", "/"),
     ("POST", "/v1/chat/completion"), ("GET", "/resource_server/v1/nothing"),
@@ -313,6 +419,31 @@ async def test_a_keys_own_rate_limit_is_429_with_retry_after(
     assert int(limited.headers["Retry-After"]) >= 1
     for _ in range(3):
         assert (await post(http, server, "chat/completions", CHAT)).status == 200
+
+
+class Limited:
+    """Refuses every call for ``wait`` more seconds."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+    @hookimpl
+    def check_limits(self) -> Denial:
+        return Denial("Over this site's budget.", status=429, code="budget_exceeded",
+                      retry_after=self.wait)
+
+
+@pytest.mark.parametrize(("wait", "header"), [(2.4, "3"), (2.0, "2"), (0.01, "1"), (59.5, "60")])
+async def test_retry_after_is_the_wait_rounded_up(http: aiohttp.ClientSession,
+                                                   make_gateway: MakeGateway,
+                                                   reference_upstream: ReferenceUpstream,
+                                                   wait: float, header: str) -> None:
+    server = await make_gateway({"models": {MODEL: {"targets": [reference_target(reference_upstream)]}}},
+                                plugins=[ReferenceBackend(), Limited(wait)])
+    limited = await post(http, server, "chat/completions", CHAT)
+    await expect_error(limited, 429, "budget_exceeded")
+    # A client that waits exactly this long (the openai SDK does) is not refused again.
+    assert limited.headers["Retry-After"] == header
 
 
 async def test_listing_models_does_not_count_against_the_limit(
@@ -490,3 +621,82 @@ async def test_fields_the_gateway_does_not_need_pass_through_untouched(
     response = await post(http, server, "chat/completions", body)
     assert response.status == 200
     assert reference_upstream.received[-1].body == body
+
+
+# -- bodies forwarded as written ------------------------------------------------------------
+
+#: Values a parse and re-serialization would change: a 101-bit integer, float spellings,
+#: escapes, key order, and nesting deeper than orjson writes (254 levels).
+AS_WRITTEN = (b'{ "seed" : 1267650600228229401496703205376, "temperature": 1.50,'
+              b' "top_p": 1E-2, "zeta": "\\u00e9\\/", "model" : "reference-model",\n'
+              b' "messages": [{"role": "user", "content": "hi"}], "alpha": -0.0,'
+              b' "x-deep": ' + b"[" * 300 + b"1" + b"]" * 300 + b"}")
+
+
+async def test_a_renamed_model_is_the_only_change_the_upstream_sees(
+        http: aiohttp.ClientSession, make_gateway: MakeGateway,
+        bytes_upstream: BytesUpstream) -> None:
+    server = await make_gateway({"models": {MODEL: {"targets": [
+        {"name": "a", "backend": "reference", "url": bytes_upstream.url, "model": "up/model-7"}]}}},
+        plugins=[ReferenceBackend()])
+    assert (await post(http, server, "chat/completions", AS_WRITTEN)).status == 200
+    assert bytes_upstream.bodies[-1] == AS_WRITTEN.replace(b'"reference-model"', b'"up/model-7"')
+
+
+def nested(levels: int) -> bytes:
+    """A chat request nested ``levels`` deep, the outer object included."""
+    inner = levels - 1
+    return orjson.dumps(CHAT)[:-1] + b', "x-deep": ' + b"[" * inner + b"]" * inner + b"}"
+
+
+async def test_a_body_nested_512_levels_is_edited_and_one_deeper_is_400(
+        http: aiohttp.ClientSession, make_gateway: MakeGateway,
+        bytes_upstream: BytesUpstream) -> None:
+    server = await make_gateway({"models": {MODEL: {"targets": [
+        {"name": "a", "backend": "reference", "url": bytes_upstream.url, "model": "up/model-7"}]}}},
+        plugins=[ReferenceBackend()])
+    assert (await post(http, server, "chat/completions", nested(512))).status == 200
+    assert bytes_upstream.bodies[-1] == nested(512).replace(b'"reference-model"', b'"up/model-7"')
+    # Every depth orjson reads (up to 1,024) but the edit could not walk from the request's
+    # own place on the stack (Python's 1,000 frames, the gateway's included) is refused.
+    for levels in [513, 800, 970, 980, 990, 1000, 1024]:
+        assert orjson.loads(nested(levels))["model"] == MODEL
+        error = await expect_error(await post(http, server, "chat/completions", nested(levels)),
+                                   400, "invalid_json")
+        assert "nested too deeply" in error["message"] and "512 levels" in error["message"]
+    assert len(bytes_upstream.bodies) == 1
+
+
+# -- what the headers reveal -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("settings", "name", "exposed"), [
+    ({}, "first-proxy", True),
+    ({"server_header": "site-gateway", "expose_target": False}, "site-gateway", False),
+])
+async def test_the_server_header_and_target_name_follow_the_settings(
+        http: aiohttp.ClientSession, make_gateway: MakeGateway,
+        reference_upstream: ReferenceUpstream, settings: dict[str, Any], name: str,
+        exposed: bool) -> None:
+    server = await make_gateway({"server": settings, "models": {MODEL: {"targets": [
+        reference_target(reference_upstream, "site-a100-node7")]}}}, plugins=[ReferenceBackend()])
+    ok = await post(http, server, "chat/completions", CHAT)
+    streamed = await post(http, server, "chat/completions", {**CHAT, "stream": True})
+    refused = await post(http, server, "chat/completions", CHAT, {"Authorization": "Bearer nope"})
+    async with http.get(f"{server.url}/nowhere") as unknown:
+        await unknown.read()
+    reference_upstream.fail_status = 400
+    relayed = await post(http, server, "chat/completions", CHAT)
+    reference_upstream.fail_status = 503
+    failed = await post(http, server, "chat/completions", CHAT)
+    answers = [ok, streamed, refused, unknown, relayed, failed]
+    assert [a.status for a in answers] == [200, 200, 401, 404, 400, 502]
+    assert streamed.content_type == "text/event-stream"
+    for answer in answers:
+        assert answer.headers["Server"] == name
+        assert "aiohttp" not in str(answer.headers).lower()
+    # A target answered these three; the gateway itself the rest.
+    for answer in (ok, streamed, relayed):
+        assert answer.headers.get("X-First-Target") == ("site-a100-node7" if exposed else None)
+    for answer in (refused, unknown, failed):
+        assert "X-First-Target" not in answer.headers

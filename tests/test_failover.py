@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from conftest import BytesUpstream
 from prometheus_client.parser import text_string_to_metric_families
 
 from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, ReferenceUpstream, eventually
@@ -134,6 +135,62 @@ async def test_all_failing_is_502(make_gateway: Any, upstreams: list[ReferenceUp
     assert "reference upstream failing with 500" in error["message"]
     row = await server.log_row(headers["X-Request-Id"])
     assert (row["status"], row["attempts"], row["error"]) == (502, 2, "upstream_error")
+
+
+NOT_OBJECTS = [
+    pytest.param("text/html", b"<html><body><h1>Welcome to nginx!</h1></body></html>", id="html"),
+    pytest.param("application/json", b'[{"id": "chatcmpl-1"}]', id="json-array"),
+    pytest.param("application/json", b'"ok"', id="json-string"),
+    pytest.param("application/json", b'{"id": "chatcmpl-1", "choices": [', id="cut-off"),
+    pytest.param("application/json", b"", id="empty"),
+]
+
+
+@pytest.mark.parametrize(("content_type", "answer"), NOT_OBJECTS)
+async def test_a_200_that_is_not_a_json_object_fails_over(
+        make_gateway: Any, upstreams: list[ReferenceUpstream], bytes_upstream: BytesUpstream,
+        content_type: str, answer: bytes) -> None:
+    bytes_upstream.content_type, bytes_upstream.answer = content_type, answer
+    server = await start(make_gateway, target("a", bytes_upstream.url), target("b", upstreams[0].url))
+    status, headers, body = await post(server)
+    assert (status, headers["X-First-Target"]) == (200, "b")
+    assert json.loads(body)["choices"][0]["message"]["content"] == "are you there"
+    assert len(bytes_upstream.bodies) == 1
+    assert await upstream_errors(server) == {("a", "invalid"): 1.0}
+
+
+@pytest.mark.parametrize(("content_type", "answer"), NOT_OBJECTS)
+async def test_a_200_that_is_not_a_json_object_from_the_only_target_is_502(
+        make_gateway: Any, bytes_upstream: BytesUpstream, content_type: str, answer: bytes) -> None:
+    bytes_upstream.content_type, bytes_upstream.answer = content_type, answer
+    server = await start(make_gateway, target("a", bytes_upstream.url))
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key=TEST_KEY, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(**CHAT)
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_error"
+    assert "a: HTTP 200 with an answer that is not a JSON object" in caught.value.message
+    assert "nginx" not in caught.value.message
+    assert await upstream_errors(server) == {("a", "invalid"): 1.0}
+
+
+@pytest.mark.parametrize("refusal", [401, 403])
+async def test_a_target_refusing_the_gateways_credential_fails_over_then_502(
+        make_gateway: Any, upstreams: list[ReferenceUpstream], refusal: int) -> None:
+    first, second, _ = upstreams
+    first.fail_status = refusal
+    server = await start(make_gateway, target("a", first.url), target("b", second.url))
+    status, headers, _ = await post(server)
+    assert (status, headers["X-First-Target"]) == (200, "b")
+    assert await upstream_errors(server) == {("a", "credential"): 1.0}
+
+    second.fail_status = refusal
+    status, _, body = await post(server)
+    assert status == 502
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("api_error", "upstream_error")
+    assert f"a: HTTP {refusal}: the target refused the gateway's credential" in error["message"]
+    assert f"b: HTTP {refusal}: the target refused the gateway's credential" in error["message"]
 
 
 async def test_all_timing_out_is_504(make_gateway: Any, upstreams: list[ReferenceUpstream]) -> None:

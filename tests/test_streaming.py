@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from conftest import BytesUpstream
 
 from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, ReferenceUpstream, eventually
 
@@ -135,6 +136,69 @@ async def test_usage_is_not_requested_when_the_target_opts_out(
     assert "stream_options" not in reference_upstream.received[-1].body
     row = await server.log_row(request_id)
     assert row["completion_tokens"] is None
+
+
+#: A stream of one word and a usage chunk, as an upstream asked for usage sends it.
+SSE = (b'data: {"id":"c1","object":"chat.completion.chunk","created":0,"model":"m",'
+       b'"choices":[{"index":0,"delta":{"content":"ok"},"finish_reason":"stop"}]}\n\n'
+       b'data: {"id":"c1","object":"chat.completion.chunk","created":0,"model":"m","choices":[],'
+       b'"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}\n\n'
+       b"data: [DONE]\n\n")
+#: A streaming request whose values a parse and re-serialization would change.
+AS_WRITTEN = (b'{"seed": 1267650600228229401496703205376, "model": "reference-model",'
+              b' "temperature": 1.50, "top_p": 1E-2, "stream": true, "zeta": 0.10000000000000000001,'
+              b' "messages": [{"role": "user", "content": "caf\\u00e9"}]}')
+
+
+def as_written(raw: bytes) -> list[Any]:
+    """A JSON object as its members in order, numbers as spelled."""
+    return json.loads(raw, object_pairs_hook=list, parse_int=str, parse_float=str)
+
+
+async def stream_through(make_gateway: Any, upstream: BytesUpstream, raw: bytes,
+                         **target: Any) -> list[str]:
+    upstream.content_type, upstream.answer = "text/event-stream", SSE
+    spec = {"name": "a", "backend": "reference", "url": upstream.url, **target}
+    server = await make_gateway({"models": {MODEL: {"targets": [spec]}}},
+                                plugins=[ReferenceBackend()])
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{server.base_url}/chat/completions", data=raw,
+            headers={**AUTH, "Content-Type": "application/json"}) as response:
+        assert response.status == 200
+        return await read_events(response)
+
+
+@pytest.mark.parametrize("renamed", [None, "up/model-7"])
+async def test_the_usage_request_is_the_only_change_the_upstream_sees(
+        make_gateway: Any, bytes_upstream: BytesUpstream, renamed: str | None) -> None:
+    events = await stream_through(make_gateway, bytes_upstream, AS_WRITTEN,
+                                  **({"model": renamed} if renamed else {}))
+    sent = as_written(bytes_upstream.bodies[-1])
+    assert ("stream_options", [("include_usage", True)]) in sent
+    expected = [(k, renamed if k == "model" and renamed else v) for k, v in as_written(AS_WRITTEN)]
+    assert [m for m in sent if m[0] != "stream_options"] == expected
+    if not renamed:  # and nothing else moved either
+        assert bytes_upstream.bodies[-1].replace(b', "stream_options": {"include_usage": true}',
+                                                 b"") == AS_WRITTEN
+    assert [json.loads(e).get("usage") for e in events[:-1]] == [None]  # hidden from the caller
+
+
+async def test_a_usage_request_turned_off_is_turned_on_in_place(
+        make_gateway: Any, bytes_upstream: BytesUpstream) -> None:
+    raw = AS_WRITTEN[:-1] + b', "stream_options": {"include_usage": false, "x": 1.50}}'
+    events = await stream_through(make_gateway, bytes_upstream, raw)
+    assert bytes_upstream.bodies[-1] == raw.replace(b"false", b"true")
+    assert len(events) == 2  # the word and [DONE]: the caller did not ask for usage
+
+
+@pytest.mark.parametrize("options", [b'"yes"', b"[true]", b"1", b'{"include_usage": true}'])
+async def test_stream_options_the_gateway_need_not_change_are_passed_on_untouched(
+        make_gateway: Any, bytes_upstream: BytesUpstream, options: bytes) -> None:
+    raw = AS_WRITTEN[:-1] + b', "stream_options": ' + options + b"}"
+    events = await stream_through(make_gateway, bytes_upstream, raw)
+    assert bytes_upstream.bodies[-1] == raw
+    # Usage was not asked for by the gateway, so the upstream's usage chunk is not hidden.
+    assert json.loads(events[-2])["usage"]["total_tokens"] == 4
 
 
 async def test_upstream_breaking_mid_stream_ends_with_an_error_event(

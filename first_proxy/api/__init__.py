@@ -8,7 +8,7 @@ from ..errors import PluginError
 from ..keys import GATEWAY
 from . import inference, models, ops
 from .errors import openai_errors, unknown_route, wrong_method
-from .incoming import expect_continue
+from .incoming import expect_continue, expect_no_body
 from .plugin_routes import plugin_handler
 
 __all__ = ["setup_routes"]
@@ -25,18 +25,20 @@ def setup_routes(app: web.Application) -> None:
     for prefix in (*PREFIXES, PINNED):
         for endpoint, handler in inference.HANDLERS.items():
             router.add_post(f"{prefix}/{endpoint}", handler, expect_handler=expect_continue)
+    gets = {"/health": ops.health, "/metrics": ops.metrics, "/status": ops.status,
+            "/resource_server/status": ops.status}
     for prefix in PREFIXES:
-        router.add_get(f"{prefix}/models", openai_errors(models.list_models))
-        router.add_get(prefix + "/models/{model:.+}", openai_errors(models.get_model))
-    router.add_get("/health", openai_errors(ops.health))
-    router.add_get("/metrics", openai_errors(ops.metrics))
-    router.add_get("/status", openai_errors(ops.status))
-    router.add_get("/resource_server/status", openai_errors(ops.status))
+        gets[f"{prefix}/models"] = models.list_models
+        gets[prefix + "/models/{model:.+}"] = models.get_model
+    for path, get in gets.items():
+        router.add_get(path, openai_errors(get), expect_handler=expect_no_body)
     _add_plugin_routes(app)
     for resource in router.resources():
         if isinstance(resource, web.Resource):
-            resource.add_route(hdrs.METH_ANY, wrong_method(route.method for route in resource))
-    router.add_route(hdrs.METH_ANY, "/{path:.*}", unknown_route)
+            resource.add_route(hdrs.METH_ANY, wrong_method(route.method for route in resource),
+                               expect_handler=expect_no_body)
+    # Any path, newlines included (``%0A``): no request falls through to aiohttp's plain 404.
+    router.add_route(hdrs.METH_ANY, "/{path:(?s:.*)}", unknown_route, expect_handler=expect_no_body)
 
 
 def _add_plugin_routes(app: web.Application) -> None:

@@ -52,7 +52,8 @@ openai_errors = answers_errors
 
 @openai_errors
 async def unknown_route(request: web.Request) -> NoReturn:
-    raise NotFound(f"There is no route {request.method} {request.path}. The API lives under "
+    # The target as sent: ``%0A`` stays three characters, and ``OPTIONS *`` reads as sent.
+    raise NotFound(f"There is no route {request.method} {request.raw_path}. The API lives under "
                    "/v1/ (chat/completions, completions, embeddings, models).", code="unknown_route")
 
 

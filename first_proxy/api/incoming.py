@@ -25,7 +25,8 @@ from ..pipeline import shown
 from ..surfaces import OPENAI
 from ..types import Identity
 
-__all__ = ["authenticate", "credential", "expect_continue", "read_body", "request_id"]
+__all__ = ["authenticate", "credential", "expect_continue", "expect_no_body", "read_body",
+           "request_id"]
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: Request ids made here: random per process, then counted (32 hex digits, like a UUID's).
@@ -117,9 +118,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     so that a body that would be refused is never sent."""
     gateway = request.app[GATEWAY]
     try:
-        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
-            raise ExpectationFailed("Only 'Expect: 100-continue' is understood; leave out the "
-                                    "Expect header.")
+        _check_expectation(request)
         size = request.content_length
         if size is not None and size > gateway.config.server.max_body_bytes:
             raise _too_large(gateway)
@@ -127,9 +126,30 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     except ProxyError as e:
         e.close_connection = True  # the body may follow anyway; it is not read
         return OPENAI.response(e, request_id(request))
-    if request.version >= HttpVersion11:
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the answer proper has not begun
+    await _continue(request)
     return None
 
 
+async def expect_no_body(request: web.Request) -> web.StreamResponse | None:
+    """``Expect`` on the routes that read no body: ``100-continue`` is answered at once, as
+    aiohttp does, and any other expectation gets a 417 in OpenAI's shape, not aiohttp's
+    plain text."""
+    try:
+        _check_expectation(request)
+    except ProxyError as e:
+        e.close_connection = True
+        return OPENAI.response(e, request_id(request))
+    await _continue(request)
+    return None
+
+
+def _check_expectation(request: web.Request) -> None:
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        raise ExpectationFailed("Only 'Expect: 100-continue' is understood; leave out the "
+                                "Expect header.")
+
+
+async def _continue(request: web.Request) -> None:
+    if request.version >= HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not begun

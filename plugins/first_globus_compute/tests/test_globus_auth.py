@@ -239,7 +239,7 @@ async def test_a_revoked_token_stops_working_once_its_cache_entry_expires(
 async def test_a_cache_entry_never_outlives_the_token(
         make_gateway: MakeGateway, reference_upstream: ReferenceUpstream,
         globus: FakeGlobus) -> None:
-    token = globus.issue(alice(), SCOPE, expires_in=1)
+    token = globus.issue(alice(), SCOPE, expires_in=3)
     server = await gateway_for(make_gateway, reference_upstream, cache_seconds=3600)
     assert await chat(server, token) == "hello globus"
 
