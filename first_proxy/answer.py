@@ -56,26 +56,27 @@ class Answer:
         """The answer, with a JSON one already settled (its usage counted, leases ended)."""
         answer = cls(gateway, call, target, upstream, first, row, leases)
         if upstream.chunks is None:
-            await answer._settle_json()
+            usage = answer._read_json()
+            if leases is not None:
+                await leases.settle(usage)
         return answer
 
     @property
     def streaming(self) -> bool:
         return self._upstream.chunks is not None
 
-    async def _settle_json(self) -> None:
+    def _read_json(self) -> dict[str, Any] | None:
+        """Set the body to deliver; the usage it reports, counted into the row."""
         upstream = self._upstream
         if upstream.status >= 400:
             self.body = as_openai_error(upstream, self.call, self.target)
-            usage = None
-        else:
-            self.body = upstream.body or b""
-            self.content_type = upstream.content_type or "application/json"
-            usage = usage_of(self.body)
-            if usage:
-                _count(self._row, usage)
-        if self._leases is not None:
-            await self._leases.settle(usage)
+            return None
+        self.body = upstream.body or b""
+        self.content_type = upstream.content_type or "application/json"
+        usage = usage_of(self.body)
+        if usage:
+            _count(self._row, usage)
+        return usage
 
     async def stream_to(self, write: Write) -> ProxyError | None:
         """Deliver the stream through ``write``; the error that ended it early, if one did.
