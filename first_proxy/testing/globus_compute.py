@@ -167,7 +167,8 @@ class FakeComputeService:
     Every call must carry ``Authorization: Bearer <token>`` with a token in ``tokens``.
     Switches, changed between requests: ``fail_submit`` answers submissions with that HTTP
     status; :meth:`set_online` takes an endpoint off line (tasks sent to it wait forever,
-    as the hosted service keeps them until the endpoint returns).
+    as the hosted service keeps them until the endpoint returns); clearing ``accepting``
+    holds submissions unanswered (``held`` counts them) until it is set again.
     """
 
     def __init__(self, engine: LocalEndpoint, *, token: str = "compute-test-token") -> None:
@@ -175,6 +176,9 @@ class FakeComputeService:
         self.token = token
         self.tokens = {token}
         self.fail_submit: int | None = None
+        self.accepting = asyncio.Event()
+        self.accepting.set()
+        self.held = 0
         #: Function id → the ``function_code`` registered.
         self.functions: dict[str, str] = {}
         #: Task id → what became of it.
@@ -283,13 +287,18 @@ class FakeComputeService:
         return web.json_response({"function_uuid": function_id})
 
     async def _submit(self, request: web.Request) -> web.Response:
+        if not self.accepting.is_set():
+            self.held += 1
+            try:
+                await self.accepting.wait()
+            finally:
+                self.held -= 1
         endpoint_id = request.match_info["endpoint_id"]
         endpoint = self._endpoints.get(endpoint_id)
         if endpoint is None:
             return _error(404, "ENDPOINT_NOT_FOUND", f"Endpoint {endpoint_id} not found")
         if self.fail_submit is not None:
-            return _error(self.fail_submit, "SERVICE_UNAVAILABLE",
-                          "The service cannot take tasks right now")
+            return _error(self.fail_submit, "TASK_REFUSED", "The service cannot take tasks right now")
         data = await request.json()
         unknown = [f for f in data["tasks"] if f not in self.functions]
         if unknown:

@@ -80,16 +80,18 @@ class Site:
                 "function": self.function, "api_port": port_of(self.upstream), **keys}
 
     async def gateway(self, *targets: dict[str, Any], callback_url: str | None = "relay",
-                      plugins: tuple[Any, ...] = (), **config: Any) -> GatewayServer:
-        """A started gateway serving ``MODEL`` on ``targets`` (one Compute target by default)."""
+                      model: str = MODEL, plugins: tuple[Any, ...] = (),
+                      **config: Any) -> GatewayServer:
+        """A started gateway serving ``model`` on ``targets`` (one Compute target by default)."""
         settings: dict[str, Any] = {"client_id": "service-account", "client_secret": "secret"}
         if callback_url is not None:
             settings["callback_url"] = self.relay.url if callback_url == "relay" else callback_url
         plugin = GlobusComputePlugin(make_client=self.service.client)
         server = await self.make_gateway({
             "plugins": {NAME: settings},
-            "models": {MODEL: {"targets": list(targets) or [self.target()]}}, **config},
+            "models": {model: {"targets": list(targets) or [self.target()]}}, **config},
             plugins=[plugin, *plugins])
-        self.relay.attach(plugin, server)
+        if callback_url == "relay":
+            self.relay.attach(plugin, server)
         self.plugins.append(plugin)
         return server
