@@ -409,7 +409,7 @@ def _raw_amqp_server(storage: Any) -> Any:
             self._connections.append(connection)
             return connection
 
-        async def shutdown(self, timeout: float | None = None) -> None:
+        async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (its base's)
             for connection in list(self._connections):
                 with contextlib.suppress(Exception):
                     await connection.close()

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from first_globus_compute import remote
 from globus_compute_support import CallbackRelay, Site, register
 
-from first_globus_compute import remote
 from first_proxy.testing import MakeGateway, ReferenceUpstream
 from first_proxy.testing.globus_compute import FakeComputeService, LocalEndpoint
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-
 from first_globus_compute.executors import serializer
 from first_globus_compute.plugin import GlobusComputePlugin
 from first_globus_compute.settings import NAME
 from first_globus_compute.streams import CALLBACK_ROUTE
+
 from first_proxy.testing import GatewayServer, MakeGateway, ReferenceUpstream
 from first_proxy.testing.globus_compute import FakeComputeService
 

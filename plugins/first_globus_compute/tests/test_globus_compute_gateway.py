@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from first_globus_compute.backend import RUNTIME
 from globus_compute_support import MODEL, CallbackRelay, Site, register
 
-from first_globus_compute.backend import RUNTIME
 from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, eventually
 
 
@@ -53,11 +53,12 @@ def finished(site: Site) -> int:
 
 
 def text_of(chunks: list[Any]) -> str:
+    """The text of streamed chat or completion chunks."""
     parts = []
     for chunk in chunks:
         for choice in chunk.choices:
-            parts.append(getattr(choice, "delta", None) and choice.delta.content or
-                         getattr(choice, "text", "") or "")
+            delta = getattr(choice, "delta", None)
+            parts.append((delta.content if delta else choice.text) or "")
     return "".join(parts)
 
 

@@ -5,23 +5,25 @@ first request with the lines it prints."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 import yaml
 from click.testing import CliRunner
-from globus_compute_support import MODEL, CallbackRelay, port_of
-from globus_sdk import AccessTokenAuthorizer
-
 from first_globus_compute.cli import cli
 from first_globus_compute.plugin import GlobusComputePlugin
 from first_globus_compute.settings import NAME
+from globus_compute_support import MODEL, CallbackRelay, port_of
+from globus_sdk import AccessTokenAuthorizer
+
 from first_proxy.errors import ConfigError
 from first_proxy.plugins import get_plugin_manager, list_plugins
 from first_proxy.testing import TEST_KEY, MakeGateway, ReferenceUpstream
-from first_proxy.testing.globus_compute import FakeComputeService
+from first_proxy.testing.globus_compute import SOURCE_SERIALIZERS, FakeComputeService
 
+EXAMPLES = Path(__file__).parent.parent / "examples"
 ENDPOINT = "6a1b0c5e-5c22-4d43-9e2b-1f0a7e0d3c11"
 FUNCTION = "0f6f3c3e-2d1b-4f6a-8d5e-1c2b3a4d5e6f"
 
@@ -114,3 +116,18 @@ async def test_register_says_when_globus_refuses(compute_service: FakeComputeSer
     assert result.exit_code == 1
     assert "Error: Globus Compute did not register the functions:" in result.output
     assert "401" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["endpoint-pbs.yaml", "endpoint-local.yaml"])
+def test_the_example_endpoint_configurations_load(name: str) -> None:
+    from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
+
+    # Read by the endpoint software itself; this machine has no bond0, the cluster's network.
+    config = load_config_yaml((EXAMPLES / name).read_text().replace("ifname: bond0", "ifname: lo"))
+    try:
+        allowed = {c.__name__ for c in config.engine.serde.allowed_deserializer_types}
+        # What the remote-function tests ran under, so the gateway's tasks are accepted.
+        assert allowed == {path.rsplit(".", 1)[1] for path in SOURCE_SERIALIZERS}
+        assert len(config.allowed_functions) == 2
+    finally:
+        config.engine.shutdown()

@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from globus_compute_support import JSON_RESULTS, MODEL, port_of
-from globus_compute_sdk.errors import TaskExecutionFailed
-from globus_compute_sdk.serialize import ComputeSerializer
-
 from first_globus_compute import remote
 from first_globus_compute.executors import serializer
 from first_globus_compute.streams import CALLBACK_ROUTE, Streams
+from globus_compute_sdk.errors import TaskExecutionFailed
+from globus_compute_sdk.serialize import ComputeSerializer
+from globus_compute_support import JSON_RESULTS, MODEL, port_of
+
 from first_proxy.testing import ReferenceUpstream, eventually
 from first_proxy.testing.globus_compute import LocalEndpoint
 

@@ -9,7 +9,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
 from first_globus_compute.streams import CALLBACK_ROUTE, MAX_POST_BYTES, End, Stream, Streams
 
 

@@ -38,13 +38,13 @@ def inference(endpoint: str, body: str, api_port: int, timeout: float,
         return str(getattr(error, "reason", None) or error) or type(error).__name__
 
     if not re.fullmatch(r"[a-z]+(/[a-z_]+)*", endpoint):
-        return {"error": "not an inference API path: %r" % endpoint[:80]}
+        return {"error": f"not an inference API path: {endpoint[:80]!r}"}
     deadline = time.monotonic() + timeout
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = "Bearer " + api_key
     request = urllib.request.Request(
-        "http://127.0.0.1:%d/v1/%s" % (int(api_port), endpoint), data=body.encode(),
+        f"http://127.0.0.1:{int(api_port)}/v1/{endpoint}", data=body.encode(),
         headers=headers, method="POST")
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
@@ -54,10 +54,10 @@ def inference(endpoint: str, body: str, api_port: int, timeout: float,
                 return {"status": e.code, "content_type": e.headers.get("Content-Type", ""),
                         "body": e.read().decode("utf-8", "replace")}
         except (OSError, http.client.HTTPException) as broken:
-            return {"error": "the inference server broke off its answer (%s)" % reason(broken)}
+            return {"error": f"the inference server broke off its answer ({reason(broken)})"}
     except (OSError, http.client.HTTPException) as e:
-        return {"error": "the inference server on port %d does not answer (%s)"
-                         % (int(api_port), reason(e))}
+        return {"error": f"the inference server on port {int(api_port)} does not answer "
+                         f"({reason(e)})"}
 
     with response:
         status = response.status
@@ -66,7 +66,7 @@ def inference(endpoint: str, body: str, api_port: int, timeout: float,
             try:
                 data = response.read()
             except (OSError, http.client.HTTPException) as e:
-                return {"error": "the inference server broke off its answer (%s)" % reason(e)}
+                return {"error": f"the inference server broke off its answer ({reason(e)})"}
             return {"status": status, "content_type": content_type,
                     "body": data.decode("utf-8", "replace")}
 
@@ -131,14 +131,14 @@ def inference(endpoint: str, body: str, api_port: int, timeout: float,
         try:
             while not posted["gone"]:
                 if time.monotonic() > deadline:
-                    failure.append("no complete answer within %g s" % timeout)
+                    failure.append(f"no complete answer within {timeout:g} s")
                     break
                 data = response.read1(65536)
                 if not data:
                     break
                 pending.put(data)
         except (OSError, http.client.HTTPException) as e:
-            failure.append("the inference server broke off its answer (%s)" % reason(e))
+            failure.append(f"the inference server broke off its answer ({reason(e)})")
         pending.put(None)
         relay_thread.join()
         rest = b"".join(posted["kept"]).decode("utf-8", "replace")
@@ -166,8 +166,8 @@ def scheduler_status(command: "list | str", timeout: float = 60.0) -> dict:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
-        return {"returncode": 127, "stdout": "", "stderr": "%s: command not found" % argv[0]}
+        return {"returncode": 127, "stdout": "", "stderr": f"{argv[0]}: command not found"}
     except subprocess.TimeoutExpired:
         return {"returncode": 124, "stdout": "",
-                "stderr": "%s did not finish within %g s" % (argv[0], timeout)}
+                "stderr": f"{argv[0]} did not finish within {timeout:g} s"}
     return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
