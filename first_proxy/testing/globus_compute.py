@@ -39,7 +39,14 @@ if TYPE_CHECKING:
     from globus_compute_sdk.serialize import ComputeSerializer
     from globus_sdk.authorizers import GlobusAuthorizer
 
-__all__ = ["SOURCE_SERIALIZERS", "ComputeTask", "FakeComputeService", "LocalEndpoint"]
+__all__ = [
+    "SOURCE_SERIALIZERS",
+    "ComputeTask",
+    "FakeComputeService",
+    "LocalEndpoint",
+    "compute_client",
+    "source_serializer",
+]
 
 #: What an endpoint that accepts functions only as source text deserializes: code as plain
 #: source, data as JSON. Functions pickled by reference are refused, as on a locked-down site.
@@ -183,7 +190,7 @@ class FakeComputeService:
         self.functions: dict[str, str] = {}
         #: Task id → what became of it.
         self.tasks: dict[str, ComputeTask] = {}
-        #: The number of tasks in each submission, in order: how well the SDK batches.
+        #: The number of tasks in each submission, in order: how well they were batched.
         self.submissions: list[int] = []
         self.url = ""
         self.amqp_url = ""
@@ -193,7 +200,6 @@ class FakeComputeService:
         self._storage: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._publishing: set[asyncio.Task[None]] = set()
-        self._client_lock = threading.Lock()
 
     # -- what tests use ---------------------------------------------------------------------
 
@@ -212,20 +218,9 @@ class FakeComputeService:
         ``authorizer`` defaults to this service's token; ``options`` go to ``Client``
         (``code_serialization_strategy=...``, say).
         """
-        import globus_compute_sdk.sdk.client as client_module
         from globus_sdk import AccessTokenAuthorizer
 
-        # The SDK takes its service URL from a fixed table (it ignores
-        # GLOBUS_SDK_SERVICE_URL_COMPUTE): point that lookup here while the client is made.
-        with self._client_lock:
-            lookup = client_module.get_web_service_url
-            client_module.get_web_service_url = lambda *_: self.url  # type: ignore[assignment]
-            try:
-                return client_module.Client(
-                    authorizer=authorizer or AccessTokenAuthorizer(self.token),
-                    do_version_check=False, **options)
-            finally:
-                client_module.get_web_service_url = lookup
+        return compute_client(self.url, authorizer or AccessTokenAuthorizer(self.token), **options)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -370,6 +365,24 @@ class FakeComputeService:
         outcome = ({"status": "failed", "exception": result.data} if result.is_error
                    else {"status": "success", "result": result.data})
         return {"task_id": task.task_id, "completion_t": str(task.completed_at), **outcome}
+
+
+_client_lock = threading.Lock()
+
+
+def compute_client(url: str, authorizer: GlobusAuthorizer, **options: Any) -> Client:
+    """A real ``globus_compute_sdk.Client`` for the Compute web service at ``url``."""
+    import globus_compute_sdk.sdk.client as client_module
+
+    # The SDK takes its service URL from a fixed table (it ignores
+    # GLOBUS_SDK_SERVICE_URL_COMPUTE): point that lookup at ``url`` while the client is made.
+    with _client_lock:
+        lookup = client_module.get_web_service_url
+        client_module.get_web_service_url = lambda *_: url  # type: ignore[assignment]
+        try:
+            return client_module.Client(authorizer=authorizer, do_version_check=False, **options)
+        finally:
+            client_module.get_web_service_url = lookup
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -261,15 +261,37 @@ async def test_a_service_error_is_reported_and_the_executor_replaced(site: Site)
 async def test_concurrent_requests_go_out_in_one_submission(site: Site) -> None:
     server = await site.gateway()
     await ask(server, "warm up")  # the executor exists
-    site.service.accepting.clear()
+    site.service.accepting.clear()  # the next submission is held: the rest queue up behind it
     requests = [asyncio.ensure_future(ask(server, f"request {i}")) for i in range(16)]
     await eventually(lambda: site.service.held == 1 and len(server.gateway.in_flight) == 16)
     site.service.accepting.set()
     answers = await asyncio.gather(*requests)
     assert [a.parse().choices[0].message.content for a in answers] == \
         [f"request {i}" for i in range(16)]
-    assert site.service.submissions[0] == 1 and sum(site.service.submissions[1:]) == 16
-    assert len(site.service.submissions) <= 3
+    sizes = site.service.submissions
+    assert sizes[0] == 1 and sum(sizes[1:]) == 16 and len(sizes) <= 3
+
+
+async def test_under_load_the_sdk_never_holds_submissions_back(
+        site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    # Left to itself the SDK sends each task alone, and after 8 in a second it sleeps up to
+    # a second more before the next (it logs "API rate-limit delay"): the gateway paces and
+    # batches them instead.
+    server = await site.gateway()
+    await ask(server, "warm up")
+    async with client(server) as api:
+        async def user(name: str) -> list[str]:
+            said = []
+            for i in range(8):
+                answer = await api.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": f"{name} {i}"}])
+                said.append(answer.choices[0].message.content)
+            return said
+
+        said = await asyncio.gather(*(user(f"user{u}") for u in range(4)))
+    assert said == [[f"user{u} {i}" for i in range(8)] for u in range(4)]
+    assert not [r for r in caplog.records if "rate-limit delay" in r.getMessage()]
+    assert sum(site.service.submissions) == 33
 
 
 async def test_stopping_the_gateway_stops_the_executors_and_their_watchers(site: Site) -> None:
