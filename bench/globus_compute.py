@@ -77,10 +77,10 @@ async def start_upstream() -> tuple[web.AppRunner, int]:
 
 
 def serve_gateway(args: argparse.Namespace) -> None:
-    from globus_sdk import AccessTokenAuthorizer
-
     from first_globus_compute.plugin import GlobusComputePlugin
     from first_globus_compute.streams import CALLBACK_ROUTE
+    from globus_sdk import AccessTokenAuthorizer
+
     from first_proxy.app import create_app
     from first_proxy.config import load_config
     from first_proxy.keys import GATEWAY
@@ -144,9 +144,9 @@ async def load(args: argparse.Namespace) -> list[Any]:
 
 async def _direct(args: argparse.Namespace) -> list[float]:
     """The same task through the plugin's executor, with no gateway in front."""
+    from first_globus_compute import executors
     from globus_sdk import AccessTokenAuthorizer
 
-    from first_globus_compute import executors
     from first_proxy.testing.globus_compute import compute_client
 
     executors.RESULT_POLL_S = args.poll
@@ -195,9 +195,9 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 async def orchestrate(args: argparse.Namespace) -> None:
+    from first_globus_compute import remote
     from globus_compute_sdk.serialize import PureSourceTextInspect
 
-    from first_globus_compute import remote
     from first_proxy.testing.globus_compute import FakeComputeService, LocalEndpoint
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-compute-"))

@@ -154,7 +154,6 @@ class ComputeTask:
     endpoint_id: str
     function_id: str
     task_group_id: str
-    submitted_at: float
     #: The packed ``Result`` once the engine is done.
     result: bytes | None = None
     completed_at: float | None = None
@@ -302,7 +301,7 @@ class FakeComputeService:
         accepted: dict[str, list[str]] = {}
         for function_id, payloads in data["tasks"].items():
             for payload in payloads:
-                task = ComputeTask(str(uuid.uuid4()), endpoint_id, function_id, group, time.time())
+                task = ComputeTask(str(uuid.uuid4()), endpoint_id, function_id, group)
                 self.tasks[task.task_id] = task
                 accepted.setdefault(function_id, []).append(task.task_id)
                 if endpoint.online:

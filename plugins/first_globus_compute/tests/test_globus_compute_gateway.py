@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
-from first_globus_compute.backend import RUNTIME
+from first_globus_compute.backend import RUNTIME, _within
 from globus_compute_support import MODEL, CallbackRelay, Site, register
 
+from first_proxy.inflight import EXPIRED, absorb
 from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, eventually
 
 
@@ -120,11 +122,13 @@ async def test_a_stream_reaches_the_caller_while_it_is_generated(site: Site, end
     assert len(server.gateway.state[RUNTIME].streams) == 0
 
 
-@pytest.mark.parametrize("callback_url", [None, "unreachable"])
+@pytest.mark.parametrize("callback", [None, "unreachable", "without the route"])
 async def test_a_stream_the_callback_cannot_carry_arrives_whole_at_the_end(
-        site: Site, callback_url: str | None) -> None:
-    url = f"http://127.0.0.1:{closed_port()}" if callback_url else None
-    server = await site.gateway(callback_url=url)
+        site: Site, callback: str | None) -> None:
+    urls = {None: None, "unreachable": f"http://127.0.0.1:{closed_port()}",
+            # A server that answers 404 for the route: not the gateway's "stream gone".
+            "without the route": site.upstream.url.removesuffix("/v1")}
+    server = await site.gateway(callback_url=urls[callback])
     async with client(server) as api:
         stream = await api.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "all of it at once"}],
@@ -304,3 +308,31 @@ async def test_stopping_the_gateway_stops_the_executors_and_their_watchers(site:
     alive = [t for t in threading.enumerate() if t.name == "TaskSubmitter"
              or type(t).__name__ == "_ResultWatcher"]
     assert (alive, dict(_RESULT_WATCHERS)) == ([], {})
+
+
+async def test_the_backends_deadline_never_hides_the_cores() -> None:
+    # The core keeps a call's deadline by cancelling its task with EXPIRED, and takes that
+    # cancellation back to try the next target. Were the backend to cancel the task for a
+    # deadline of its own too, both due at once (the loop busy) would make a cancellation
+    # the core does not recognise: the request would end as if its caller had gone.
+    loop = asyncio.get_running_loop()
+
+    async def core(waiting: asyncio.Future[Any]) -> str:
+        try:
+            await _within(waiting, 0.005)
+        except TimeoutError:
+            return "the backend's deadline"
+        except asyncio.CancelledError as e:
+            if not absorb(e, EXPIRED):
+                raise
+            return "the core's deadline"
+        return "an answer"
+
+    outcomes = []
+    for _ in range(10):
+        task = asyncio.ensure_future(core(loop.create_future()))
+        await asyncio.sleep(0)  # its deadline is set
+        loop.call_later(0.005, task.cancel, EXPIRED)
+        time.sleep(0.01)  # noqa: ASYNC251 - the loop is busy: both deadlines are due at once
+        outcomes.append(await task)
+    assert set(outcomes) <= {"the backend's deadline", "the core's deadline"}

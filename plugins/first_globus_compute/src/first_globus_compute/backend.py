@@ -111,8 +111,7 @@ class GlobusComputeBackend:
         args = (call.endpoint, body, spec.api_port, _first_byte(target), None, target.api_key)
         executor, future = await self._submit(runtime, spec, args)
         try:
-            async with asyncio.timeout(_first_byte(target)):
-                result = await _settled(future)
+            result = await _within(_settled(future), _first_byte(target))
         except TimeoutError:
             raise _no_answer(target) from None
         except Exception as e:
@@ -152,8 +151,7 @@ class GlobusComputeBackend:
             executor, future = await self._submit(runtime, spec, args)
             future.add_done_callback(lambda done: loop.call_soon_threadsafe(
                 self._stream_finished, runtime, spec, executor, stream, done))
-            async with asyncio.timeout(_first_byte(target)):
-                first = await stream.queue.get()
+            first = await _within(asyncio.ensure_future(stream.queue.get()), _first_byte(target))
         except TimeoutError:
             runtime.streams.close(stream)
             raise _no_answer(target) from None
@@ -221,6 +219,22 @@ def _settled(future: ComputeFuture) -> asyncio.Future[Any]:
     return follower
 
 
+async def _within(future: asyncio.Future[Any], seconds: float) -> Any:
+    """``future``'s result, or ``TimeoutError`` after ``seconds``.
+
+    ``asyncio.wait`` never cancels the waiting task: the core keeps its own deadline by
+    cancelling it, and two cancellations at once would pass for the caller going away.
+    """
+    try:
+        await asyncio.wait((future,), timeout=max(seconds, 0.0))
+    finally:
+        if not future.done():
+            future.cancel()  # a task (a queue's get) takes it in its next step
+    if not future.done() or future.cancelled():
+        raise TimeoutError
+    return future.result()
+
+
 def _answer(result: Any) -> UpstreamResponse:
     """The function's result as the upstream's answer."""
     if not isinstance(result, dict):
@@ -257,10 +271,13 @@ def _stream_end(stream: Stream, result: Any) -> End:
 
 
 async def _relay(stream: Stream, first: bytes, deadline: float) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
     yield first
     while True:
-        async with asyncio.timeout_at(deadline):
-            item = await stream.queue.get()
+        if stream.queue.empty():
+            item = await _within(asyncio.ensure_future(stream.queue.get()), deadline - loop.time())
+        else:
+            item = stream.queue.get_nowait()
         if isinstance(item, bytes):
             yield item
         elif item.error is not None:

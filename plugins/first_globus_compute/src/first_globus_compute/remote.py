@@ -24,7 +24,7 @@ def inference(endpoint: str, body: str, api_port: int, timeout: float,
     ``max_bytes``, each saying in ``X-Stream-Offset`` how many bytes came before it, the last
     one marked ``X-Stream-Done: 1``. The result then carries ``offset``, the bytes the
     gateway took, and ``body``, the rest: all of it when the gateway could not be reached.
-    A 404 from the gateway means the caller has gone; generation stops there.
+    A 404 saying ``stream_not_found`` means the caller has gone; generation stops there.
     """
     import http.client
     import queue
@@ -87,12 +87,15 @@ def inference(endpoint: str, body: str, api_port: int, timeout: float,
             try:
                 with urllib.request.urlopen(request, timeout=stream_to["timeout"]) as answer:
                     answer.read()
+                return "ok"
             except urllib.error.HTTPError as e:
-                e.close()
-                return "gone" if e.code == 404 else "failed"
+                # Only the callback route itself says a stream is gone; any other 404 (a
+                # gateway without the route, a wrong URL) is a callback that cannot be used.
+                with e:
+                    return "gone" if e.code == 404 and b"stream_not_found" in e.read(4096) \
+                        else "failed"
             except (OSError, http.client.HTTPException):
                 return "failed"
-            return "ok"
 
         def relay():
             """Post what was read as it comes: all that waits goes in the next POST."""

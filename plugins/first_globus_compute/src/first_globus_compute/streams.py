@@ -98,7 +98,7 @@ class Streams:
 
     async def _take(self, request: web.Request) -> web.Response:
         stream = self._open.get(request.match_info["stream"])
-        if stream is None:
+        if stream is None:  # the code tells the function to stop (remote.inference)
             raise NotFound("This stream is unknown or has ended; stop sending.",
                            code="stream_not_found")
         scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
