@@ -8,8 +8,8 @@ from ``globus-compute-endpoint``: functions are deserialized and called exactly 
 cluster, in processes of their own. ::
 
     with LocalEndpoint(tmp_path) as engine:                # a real engine (blocking)
-        result = await engine.run(function, args=(1, 2))    # recipe 1: no service at all
-        async with FakeComputeService(engine) as service:  # recipe 2/3: the web service
+        result = await engine.run(function, args=(1, 2))    # a task, no service at all
+        async with FakeComputeService(engine) as service:  # the web service and its queue
             endpoint = service.add_endpoint()
             client = await asyncio.to_thread(service.client)
 
@@ -57,7 +57,7 @@ SOURCE_SERIALIZERS = (
 
 
 class LocalEndpoint:
-    """A Globus Compute endpoint's engine in this process: task bytes in, result bytes out.
+    """A Globus Compute endpoint's engine, run from this process: task bytes in, result bytes out.
 
     Its worker processes are spawned, not forked (the test process has threads), and start
     once: keep one for a whole test session. Tasks run in ``run_dir``.
