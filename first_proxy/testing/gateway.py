@@ -58,10 +58,11 @@ class GatewayServer:
 
         return await eventually(row, within=within)
 
-    async def start(self) -> GatewayServer:
+    async def start(self, port: int = 0) -> GatewayServer:
+        """Serve on 127.0.0.1:``port`` (0: any free port)."""
         self._runner = GatewayRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"

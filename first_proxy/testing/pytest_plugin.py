@@ -39,7 +39,8 @@ async def fake_globus(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeGlob
 
 @pytest.fixture
 async def make_gateway(tmp_path: Path) -> AsyncIterator[MakeGateway]:
-    """A factory: ``await make_gateway(config, plugins=[...])`` → a started :class:`GatewayServer`.
+    """A factory: ``await make_gateway(config, plugins=[...])`` → a started :class:`GatewayServer`
+    (on ``port=`` if given, for a gateway that must know its own URL before it starts).
 
     The config gets the test key and a SQLite store in ``tmp_path`` unless it sets its own.
     Every gateway made is closed at the end of the test.
@@ -47,11 +48,11 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[MakeGateway]:
     started: list[GatewayServer] = []
 
     async def make(config: Mapping[str, Any], *, plugins: Iterable[Any] = (),
-                   load_entrypoints: bool = False) -> GatewayServer:
+                   load_entrypoints: bool = False, port: int = 0) -> GatewayServer:
         full = {"auth": api_keys(), "store": f"sqlite:///{tmp_path}/gateway.db",
                 "status": {"interval": 3600}, **config}
         server = GatewayServer(full, plugins=plugins, load_entrypoints=load_entrypoints)
-        await server.start()
+        await server.start(port)
         started.append(server)
         return server
 

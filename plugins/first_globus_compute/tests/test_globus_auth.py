@@ -111,7 +111,7 @@ async def test_settings_are_checked_with_their_key_paths(make_gateway: MakeGatew
                                                          globus: FakeGlobus) -> None:
     with pytest.raises(ConfigError) as caught:
         await make_gateway({"plugins": {"first_globus_compute": {
-            "client_id": "not-a-uuid", "client_secret": "s", "allowed_groups": ["staff"],
+            "client_id": "not-a-uuid", "client_secret": "s", "scope": "", "allowed_groups": ["staff"],
             "authorized_idps": ["anl.gov", "not a domain"], "groups_by_idp": {"anl.gov": []},
             "cache_seconds": "soon"}}}, load_entrypoints=True)
     paths = dict(caught.value.problems)
@@ -124,7 +124,7 @@ async def test_settings_are_checked_with_their_key_paths(make_gateway: MakeGatew
         await make_gateway({"plugins": {"first_globus_compute": {"allowed_groups": [LLM_USERS]}}},
                            load_entrypoints=True)
     [(path, message)] = caught.value.problems
-    assert path == f"{section}.allowed_groups" and "client_id" in message
+    assert path == f"{section}.allowed_groups" and "scope" in message
 
 
 # -- tokens ---------------------------------------------------------------------------------

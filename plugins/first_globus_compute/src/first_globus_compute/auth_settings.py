@@ -68,9 +68,13 @@ def is_uuid(value: str) -> bool:
 
 def read_auth_settings(section: Mapping[str, Any],
                        path: str) -> tuple[AuthSettings | None, list[tuple[str, str]]]:
-    """The settings in ``section`` (None when Globus Auth is not configured) and the problems."""
+    """The settings in ``section`` (None when Globus Auth is not configured) and the problems.
+
+    Globus Auth for callers is on once ``scope`` (what callers' tokens must carry) is set;
+    ``client_id`` and ``client_secret`` alone may be there for Globus Compute only.
+    """
     reader = _Reader(section, path)
-    if "client_id" not in section:
+    if "scope" not in section:
         for key in _RULES:
             if key in section:
                 reader.problem(key, "needs client_id, client_secret and scope: Globus Auth is off "
