@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from conftest import BytesUpstream
+from bytes_upstream import BytesUpstream
 
 from first_proxy import (
     Backend,

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from conftest import BytesUpstream
+from bytes_upstream import BytesUpstream
 from prometheus_client.parser import text_string_to_metric_families
 
 from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, ReferenceUpstream, eventually
