@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -24,7 +23,27 @@ def sse_error(error: ProxyError) -> bytes:
     return b"data: " + error.body() + b"\n\n"
 
 
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_USAGE = b'"usage"'
+
+
+# An event ends with a blank line: "\n\n", or "\n\r\n" (the end of "\r\n\r\n", which some
+# servers send). A "\n\r\n" that ends after a given "\n\n" can only start after it, and one
+# that ends before it must start before it, so each search below stops where the other's
+# answer makes it pointless to go on.
+
+
+def _last_boundary_end(data: bytes, stop: int) -> int:
+    """Just past the last blank line in ``data[:stop]`` (0 if there is none)."""
+    lf = data.rfind(b"\n\n", 0, stop)
+    crlf = data.rfind(b"\n\r\n", lf + 1, stop)
+    return crlf + 3 if crlf >= 0 else lf + 2 if lf >= 0 else 0
+
+
+def _next_boundary_end(data: bytes, start: int) -> int:
+    """Just past the first blank line in ``data[start:]`` (``len(data)`` if there is none)."""
+    lf = data.find(b"\n\n", start)
+    crlf = data.find(b"\n\r\n", start, len(data) if lf < 0 else lf + 1)
+    return crlf + 3 if crlf >= 0 else lf + 2 if lf >= 0 else len(data)
 
 
 class UsageTee:
@@ -32,7 +51,8 @@ class UsageTee:
 
     Bytes are passed on event by event: a partial event waits for its end, nothing more. When
     the core asked for a usage chunk the caller did not (``hide_usage_chunk``), that chunk is
-    read and left out, so the caller sees exactly the stream it asked for.
+    read and left out, so the caller sees exactly the stream it asked for. Only the events
+    that mention ``"usage"`` are looked at, found by byte search; the others pass as they are.
     """
 
     __slots__ = ("_pending", "hide_usage_chunk", "usage")
@@ -45,53 +65,40 @@ class UsageTee:
     def feed(self, chunk: bytes) -> bytes:
         """Bytes of complete events to forward now."""
         data = self._pending + chunk if self._pending else chunk
-        # An event ends with a blank line: "\n\n", or "\r\n\r\n" from some servers.
-        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        end = _last_boundary_end(data, len(data))
         if not end:
             self._pending = data
             return b""
-        ready, self._pending = data[:end], data[end:]
-        if b'"usage"' not in ready:
-            return ready
-        return self._filter(ready)
+        if end == len(data):
+            ready, self._pending = data, b""
+        else:
+            ready, self._pending = data[:end], data[end:]
+        at = ready.find(_USAGE)
+        return ready if at < 0 else self._filter(ready, at)
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream ends."""
         rest, self._pending = self._pending, b""
-        if b'"usage"' in rest:
-            return self._filter(rest)
-        return rest
+        at = rest.find(_USAGE)
+        return rest if at < 0 else self._filter(rest, at)
 
-    def _filter(self, data: bytes) -> bytes:
-        # Only the events that mention "usage" are read; the others pass as they are.
-        at = data.find(b'"usage"')
-        if at < 0:
-            return data
+    def _filter(self, data: bytes, at: int) -> bytes:
+        """``data`` less the usage chunk to hide; ``at`` is where ``"usage"`` first appears."""
         kept = []
-        copied = start = 0  # data[copied:start] passes as it is; an event begins at start
-        for boundary in _BLANK_LINE.finditer(data):
-            if boundary.start() < at:
-                start = boundary.end()
-                continue
-            if not self._keep(data[start : boundary.start()]):
+        copied = 0  # data[copied:] is still to pass on
+        while at >= 0:
+            start, end = _last_boundary_end(data, at), _next_boundary_end(data, at)
+            if not self._keep(data[start:end]):
                 kept.append(data[copied:start])
-                copied = boundary.end()
-            start = boundary.end()
-            at = data.find(b'"usage"', start)
-            if at < 0:
-                break
-        else:
-            if start < len(data) and not self._keep(data[start:]):
-                kept.append(data[copied:start])
-                copied = len(data)
+                copied = end
+            at = data.find(_USAGE, end)
+        if not copied:
+            return data
         kept.append(data[copied:])
         return b"".join(kept)
 
     def _keep(self, event: bytes) -> bool:
         """Read ``usage`` off an event; False for the usage chunk the caller did not ask for."""
-        if b'"usage"' not in event:
-            return True
         payload = b"".join(
             line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")
         )
