@@ -303,28 +303,53 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
     response = web.StreamResponse(headers={**SSE_HEADERS, "X-First-Target": target.name,
                                            "X-Request-Id": call.request_id})
     tee = UsageTee(hide_usage_chunk=call.usage_injected)
-    assert upstream.chunks is not None
+    chunks = upstream.chunks
+    assert chunks is not None
+    ended = False  # the caller has the whole answer
     try:
         await response.prepare(request)
         row.ttft_ms = (time.perf_counter() - started) * 1000
         error: ProxyError | None = None
         gateway.in_flight.expire_in(task, _remaining(started, target))
         try:
-            await _write(response, tee.feed(first))
-            async for chunk in upstream.chunks:
-                await _write(response, tee.feed(chunk))
-            await _write(response, tee.flush())
+            data = tee.feed(first)
+            while True:
+                if data.endswith(_LAST_EVENTS):
+                    # Nothing follows [DONE]: it and the end of the answer go out in one
+                    # write. The upstream is still read to its end, so that its connection
+                    # can be used again.
+                    await response.write_eof(data)
+                    ended = True
+                    async for _ in chunks:
+                        pass
+                    break
+                if data:
+                    await response.write(data)
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    data = tee.flush()
+                    if data:
+                        await response.write(data)
+                    break
+                data = tee.feed(chunk)
         except asyncio.CancelledError as e:
-            if not absorb(e, EXPIRED):
+            if ended:
+                # The caller has the whole answer; it left, the deadline passed or the gateway
+                # is stopping while the upstream's end was awaited. The request was answered:
+                # take the cancellation back, and close the upstream's connection below.
+                task.uncancel()
+            elif not absorb(e, EXPIRED):
                 raise
-            error = _too_long(target)
+            else:
+                error = _too_long(target)
         except (TimeoutError, aiohttp.ClientError, UpstreamError) as e:
             error = _too_long(target) if isinstance(e, TimeoutError) else UpstreamError(
                 f"target {target.name!r} failed in the middle of the answer: "
                 f"{_failure(target, e).message}")
         finally:
             gateway.in_flight.clear(task)
-        if error is not None:
+        if error is not None and not ended:
             row.error = error.code
             gateway.metrics.upstream_error(call.model, target.name, "midstream")
             await response.write(sse_error(error))
@@ -334,12 +359,13 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
     except asyncio.CancelledError as e:
         if not absorb(e, SHUTTING_DOWN):
             raise
-        row.error = "gateway_shutting_down"
-        with contextlib.suppress(ConnectionResetError):
-            await response.write(sse_error(NoTargetAvailable(
-                "The gateway is shutting down and could not finish this answer; send the "
-                "request again.", code="gateway_shutting_down")))
-            await response.write_eof()
+        if not ended:
+            row.error = "gateway_shutting_down"
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(sse_error(NoTargetAvailable(
+                    "The gateway is shutting down and could not finish this answer; send the "
+                    "request again.", code="gateway_shutting_down")))
+                await response.write_eof()
     finally:
         await upstream.aclose()
         if tee.usage:
@@ -347,14 +373,13 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
     return response
 
 
+#: How a stream's last event ends: nothing follows ``data: [DONE]``.
+_LAST_EVENTS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n")
+
+
 def _too_long(target: Target) -> UpstreamTimeout:
     return UpstreamTimeout(f"target {target.name!r} took longer than its total timeout "
                            f"({target.timeouts.total:g} s); the answer is cut short.")
-
-
-async def _write(response: web.StreamResponse, data: bytes) -> None:
-    if data:
-        await response.write(data)
 
 
 def _remaining(started: float, target: Target) -> float:

@@ -24,6 +24,7 @@ def sse_error(error: ProxyError) -> bytes:
 
 
 _USAGE = b'"usage"'
+_BLANK_LINES = (b"\n\n", b"\n\r\n")
 
 
 # An event ends with a blank line: "\n\n", or "\n\r\n" (the end of "\r\n\r\n", which some
@@ -52,7 +53,9 @@ class UsageTee:
     Bytes are passed on event by event: a partial event waits for its end, nothing more. When
     the core asked for a usage chunk the caller did not (``hide_usage_chunk``), that chunk is
     read and left out, so the caller sees exactly the stream it asked for. Only the events
-    that mention ``"usage"`` are looked at, found by byte search; the others pass as they are.
+    that mention ``"usage"`` are looked at, found by byte search from the end, where the
+    usage chunk is; only those whose ``usage`` is an object are parsed (OpenAI puts
+    ``"usage": null`` in every other chunk). The others pass as they are.
     """
 
     __slots__ = ("_pending", "hide_usage_chunk", "usage")
@@ -65,51 +68,66 @@ class UsageTee:
     def feed(self, chunk: bytes) -> bytes:
         """Bytes of complete events to forward now."""
         data = self._pending + chunk if self._pending else chunk
-        end = _last_boundary_end(data, len(data))
-        if not end:
-            self._pending = data
-            return b""
-        if end == len(data):
+        if data.endswith(_BLANK_LINES):  # whole events, as upstreams mostly send them
             ready, self._pending = data, b""
         else:
+            end = _last_boundary_end(data, len(data))
+            if not end:
+                self._pending = data
+                return b""
             ready, self._pending = data[:end], data[end:]
-        at = ready.find(_USAGE)
+        at = ready.rfind(_USAGE)
         return ready if at < 0 else self._filter(ready, at)
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream ends."""
         rest, self._pending = self._pending, b""
-        at = rest.find(_USAGE)
+        at = rest.rfind(_USAGE)
         return rest if at < 0 else self._filter(rest, at)
 
     def _filter(self, data: bytes, at: int) -> bytes:
-        """``data`` less the usage chunk to hide; ``at`` is where ``"usage"`` first appears."""
-        kept = []
-        copied = 0  # data[copied:] is still to pass on
+        """``data`` less the usage chunk to hide; ``at`` is where ``"usage"`` last appears.
+
+        Events are read from the last one back: the first with a ``usage`` object holds the
+        latest usage, and the search ends at the usage chunk (no ``choices``), which comes
+        after every other event that matters.
+        """
+        latest = None
         while at >= 0:
             start, end = _last_boundary_end(data, at), _next_boundary_end(data, at)
-            if not self._keep(data[start:end]):
-                kept.append(data[copied:start])
-                copied = end
-            at = data.find(_USAGE, end)
-        if not copied:
-            return data
-        kept.append(data[copied:])
-        return b"".join(kept)
+            message = self._message(data, start, at, end)
+            if message is not None:
+                latest = latest or message["usage"]
+                if not message.get("choices"):
+                    self.usage = latest
+                    if not self.hide_usage_chunk:
+                        return data
+                    return data[:start] + data[end:] if end < len(data) else data[:start]
+            at = data.rfind(_USAGE, 0, start)
+        if latest is not None:
+            self.usage = latest
+        return data
 
-    def _keep(self, event: bytes) -> bool:
-        """Read ``usage`` off an event; False for the usage chunk the caller did not ask for."""
-        payload = b"".join(
-            line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")
-        )
+    @staticmethod
+    def _message(data: bytes, start: int, at: int, end: int) -> dict[str, Any] | None:
+        """The event ``data[start:end]``, parsed, if it has a ``usage`` object; ``"usage"`` is
+        last mentioned at ``at``."""
+        value = data[at + 7 : at + 12].lstrip(b" \t:")
+        if value[:1] != b"{" and data.find(_USAGE, start, at) < 0:
+            return None  # "usage": null, or the word in a comment
+        event = data[start:end].rstrip(b"\r\n")
+        if event.startswith(b"data:") and b"\n" not in event:
+            payload = event[5:]
+        else:
+            payload = b"".join(line[5:].strip() for line in event.splitlines()
+                               if line.startswith(b"data:"))
         try:
             message = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return True
-        if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
-            return True
-        self.usage = message["usage"]
-        return not (self.hide_usage_chunk and not message.get("choices"))
+            return None
+        if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+            return message
+        return None
 
 
 def usage_of(body: bytes) -> dict[str, Any] | None:
