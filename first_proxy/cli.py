@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .accesslog import ACCESS_LOGGER
 from .config import GatewayConfig, load_config
 from .errors import ConfigError
 from .gateway import check_wiring
@@ -65,16 +66,25 @@ def cli() -> None:
               help=f"Also start the bundled reference upstream and point ${DEMO_URL_VARIABLE} "
                    "at it, so the demo model answers with no real backend.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+              type=click.Choice(["debug", "info", "warning", "error"]),
+              help="warning and error leave out the access log.")
 def serve(config_path: Path, host: str | None, port: int | None, demo: bool,
           log_level: str) -> None:
     """Serve the gateway described by gateway.yaml until Ctrl-C.
 
-    On SIGINT/SIGTERM it stops taking connections, lets requests in flight finish
-    (server.shutdown_grace seconds), and writes the buffered request log.
+    Logs go to standard error, with a line per request (the access log; server.access_log
+    in gateway.yaml turns it off). On SIGINT/SIGTERM it stops taking connections, lets
+    requests in flight finish (server.shutdown_grace seconds), and writes the buffered
+    access and request logs.
     """
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Access lines carry their own time and are written in batches, several to a record.
+    plain = logging.StreamHandler()
+    plain.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.addHandler(plain)
+    access.propagate = False
     try:
         asyncio.run(_serve(config_path, host, port, demo))
     except ConfigError as e:
@@ -97,8 +107,10 @@ async def _serve(config_path: Path, host: str | None, port: int | None, demo: bo
         click.echo(f"demo upstream: serving demo-model at {upstream.url}")
     try:
         config = _load(config_path)
+        # aiohttp's own access logger formats and writes a line per request; the gateway
+        # writes its access log from the request-log rows instead (first_proxy.accesslog).
         runner = web.AppRunner(create_app(config), handler_cancellation=True,
-                               shutdown_timeout=config.server.shutdown_grace)
+                               shutdown_timeout=config.server.shutdown_grace, access_log=None)
         await runner.setup()
         _tune_gc()
         try:

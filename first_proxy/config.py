@@ -42,6 +42,8 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     #: Seconds in-flight requests get to finish when the gateway stops.
     shutdown_grace: float = 30.0
+    #: One line per request on the ``first_proxy.access`` logger, at INFO.
+    access_log: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ def parse_config(
     r.known(data, "", {"server", "store", "auth", "limits", "status", "request_log", "plugins",
                        "clusters", "models"})
     server = r.section(data, "server", ServerConfig, {
-        "host": str, "port": int, "max_body_bytes": int, "shutdown_grace": float})
+        "host": str, "port": int, "max_body_bytes": int, "shutdown_grace": float,
+        "access_log": bool})
     if not 0 <= server.port <= 65535:
         r.problem("server.port", f"expected a port number from 0 to 65535, got {server.port}")
     store = r.get(data, "store", str, "", GatewayConfig.store)

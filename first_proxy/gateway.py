@@ -12,7 +12,9 @@ from typing import Any
 
 import aiohttp
 import pluggy
+from aiohttp import web
 
+from .accesslog import ACCESS_LOGGER, AccessLog
 from .config import GatewayConfig, ModelConfig
 from .errors import ConfigError
 from .hooks import Hooks, registered_backends
@@ -41,6 +43,8 @@ class Gateway:
         self.state: dict[str, Any] = {}
         self.store: Store | None = None
         self.request_log: RequestLog | None = None
+        #: The access log, when ``server.access_log`` is on and its logger writes INFO lines.
+        self.access_log: AccessLog | None = None
         self.started_at = time.time()
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -91,6 +95,9 @@ class Gateway:
         self.store = await open_store(self.config.store)
         self.request_log = RequestLog(self.store, self.config.request_log, self.metrics)
         self.request_log.start()
+        if (self.config.server.access_log
+                and logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)):
+            self.access_log = AccessLog(self.loop)
         self.in_flight.start()
         try:
             await self.hooks.startup()
@@ -128,6 +135,8 @@ class Gateway:
 
     async def _release(self) -> None:
         await self.in_flight.stop()
+        if self.access_log is not None:
+            self.access_log.write()
         if self.request_log is not None:
             await self.request_log.aclose()
         if self.store is not None:
@@ -136,11 +145,14 @@ class Gateway:
             await session.close()
         self._sessions.clear()
 
-    def record(self, row: RequestRecord) -> None:
-        """Count a finished request and queue its log row; never waits."""
+    def record(self, row: RequestRecord, request: web.Request | None = None) -> None:
+        """Count a finished request and queue its log row and its access-log line (given the
+        HTTP request it answered); never waits."""
         self.metrics.observe(row)
         if self.request_log is not None:
             self.request_log.add(row)
+        if self.access_log is not None and request is not None:
+            self.access_log.add(row, request.method, request.rel_url.raw_path)
 
     # -- status -------------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     finally:
         gateway.in_flight.discard(task)
         row.latency_ms = (time.perf_counter() - started) * 1000
-        gateway.record(row)
+        gateway.record(row, request)
 
 
 async def _prepare(request: web.Request, gateway: Gateway, endpoint: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Iterable
 from typing import NoReturn
 
@@ -16,6 +17,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import MethodNotAllowed, NotFound, ProxyError, internal_error
+from ..keys import GATEWAY
+from ..requestlog import RequestRecord
 from ..routing import request_id
 
 __all__ = ["openai_errors", "unknown_route", "wrong_method"]
@@ -24,21 +27,28 @@ log = logging.getLogger("first_proxy")
 
 
 def openai_errors(handler: Handler) -> Handler:
-    """``handler``, with every error it raises answered in OpenAI's shape and every answer
-    tagged with the request id."""
+    """``handler``, with every error it raises answered in OpenAI's shape, every answer
+    tagged with the request id, and a line in the access log for each."""
 
     @functools.wraps(handler)
     async def handle(request: web.Request) -> web.StreamResponse:
+        ts, started = time.time(), time.perf_counter()
         rid = request_id(request)
+        error = None
         try:
             response = await handler(request)
+            response.headers["X-Request-Id"] = rid
         except ProxyError as e:
-            return e.response(rid)
+            response, error = e.response(rid), e.code
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
                           rid)
-            return internal_error(rid).response(rid)
-        response.headers["X-Request-Id"] = rid
+            response, error = internal_error(rid).response(rid), "internal_error"
+        access = request.app[GATEWAY].access_log
+        if access is not None:
+            row = RequestRecord(ts, rid, "", status=response.status, error=error,
+                                latency_ms=(time.perf_counter() - started) * 1000)
+            access.add(row, request.method, request.rel_url.raw_path)
         return response
 
     return handle
