@@ -303,9 +303,8 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
     response = web.StreamResponse(headers={**SSE_HEADERS, "X-First-Target": target.name,
                                            "X-Request-Id": call.request_id})
     tee = UsageTee(hide_usage_chunk=call.usage_injected)
-    chunks = upstream.chunks
+    chunks, at_eof = upstream.chunks, upstream.at_eof
     assert chunks is not None
-    ended = False  # the caller has the whole answer
     try:
         await response.prepare(request)
         row.ttft_ms = (time.perf_counter() - started) * 1000
@@ -314,14 +313,10 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
         try:
             data = tee.feed(first)
             while True:
-                if data.endswith(_LAST_EVENTS):
-                    # Nothing follows [DONE]: it and the end of the answer go out in one
-                    # write. The upstream is still read to its end, so that its connection
-                    # can be used again.
-                    await response.write_eof(data)
-                    ended = True
-                    async for _ in chunks:
-                        pass
+                if at_eof is not None and at_eof():
+                    # The upstream has said everything: its last bytes and the end of the
+                    # answer go out in one write.
+                    await response.write_eof(data + tee.flush())
                     break
                 if data:
                     await response.write(data)
@@ -334,22 +329,16 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
                     break
                 data = tee.feed(chunk)
         except asyncio.CancelledError as e:
-            if ended:
-                # The caller has the whole answer; it left, the deadline passed or the gateway
-                # is stopping while the upstream's end was awaited. The request was answered:
-                # take the cancellation back, and close the upstream's connection below.
-                task.uncancel()
-            elif not absorb(e, EXPIRED):
+            if not absorb(e, EXPIRED):
                 raise
-            else:
-                error = _too_long(target)
+            error = _too_long(target)
         except (TimeoutError, aiohttp.ClientError, UpstreamError) as e:
             error = _too_long(target) if isinstance(e, TimeoutError) else UpstreamError(
                 f"target {target.name!r} failed in the middle of the answer: "
                 f"{_failure(target, e).message}")
         finally:
             gateway.in_flight.clear(task)
-        if error is not None and not ended:
+        if error is not None:
             row.error = error.code
             gateway.metrics.upstream_error(call.model, target.name, "midstream")
             await response.write(sse_error(error))
@@ -359,22 +348,17 @@ async def _stream(request: web.Request, gateway: Gateway, call: Call, target: Ta
     except asyncio.CancelledError as e:
         if not absorb(e, SHUTTING_DOWN):
             raise
-        if not ended:
-            row.error = "gateway_shutting_down"
-            with contextlib.suppress(ConnectionResetError):
-                await response.write(sse_error(NoTargetAvailable(
-                    "The gateway is shutting down and could not finish this answer; send the "
-                    "request again.", code="gateway_shutting_down")))
-                await response.write_eof()
+        row.error = "gateway_shutting_down"
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(sse_error(NoTargetAvailable(
+                "The gateway is shutting down and could not finish this answer; send the "
+                "request again.", code="gateway_shutting_down")))
+            await response.write_eof()
     finally:
         await upstream.aclose()
         if tee.usage:
             _count(row, tee.usage)
     return response
-
-
-#: How a stream's last event ends: nothing follows ``data: [DONE]``.
-_LAST_EVENTS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n")
 
 
 def _too_long(target: Target) -> UpstreamTimeout:
