@@ -5,17 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import ProxyError
 
 __all__ = ["SSE_HEADERS", "UsageTee", "next_chunk", "sse_error", "usage_of"]
 
-SSE_HEADERS = {
+SSE_HEADERS = CIMultiDictProxy(CIMultiDict({
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
     # Tell nginx and friends not to hold events back.
     "X-Accel-Buffering": "no",
-}
+}))
 
 
 def sse_error(error: ProxyError) -> bytes:
