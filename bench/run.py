@@ -361,7 +361,7 @@ def verdicts(direct: Row, passthrough: Row, gateway: Row, quiet: Row) -> tuple[s
                 ("streaming", row.stream_rounds, passthrough.stream_rounds, GOALS["stream"])):
             ratio, per_round = _ratio(base, rounds)
             checks.append((f"{label} throughput vs pass-through, {kind}, c=64 "
-                           "(median of rounds)", f"{ratio:.0%} ({per_round})",
+                           "(median of rounds)", f"{ratio:.1%} ({per_round})",
                            f">= {goal:.0%}", ratio >= goal))
     added = gateway.latency.p50_ms - direct.latency.p50_ms
     added_ttft = gateway.ttft.p50_ms - direct.ttft.p50_ms
