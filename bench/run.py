@@ -9,7 +9,7 @@ a time; the upstream and the load generators share another core (--load-core). T
 plain and streamed, is measured in alternating rounds (pass-through, gateway, quiet
 gateway, ...) so that drift in the machine's speed hits all alike. Prints markdown tables,
 ready to paste into docs/benchmark.md, and whether each target is met. Loopback only; stops
-by itself (about 3 minutes with the defaults).
+by itself (about 4 minutes with the defaults).
 """
 
 from __future__ import annotations
@@ -389,8 +389,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, metavar="N",
                         help="Alternating non-streaming throughput rounds per proxy (default: 5).")
-    parser.add_argument("--stream-rounds", type=int, default=3, metavar="N",
-                        help="Alternating streaming throughput rounds per proxy (default: 3).")
+    parser.add_argument("--stream-rounds", type=int, default=5, metavar="N",
+                        help="Alternating streaming throughput rounds per proxy (default: 5).")
     parser.add_argument("--duration", type=float, default=4.0, metavar="S",
                         help="Seconds of each c=64 throughput round (default: 4).")
     parser.add_argument("--short", type=float, default=5.0, metavar="S",
