@@ -3,7 +3,8 @@
 wrk (C, one thread, epoll) costs far less CPU per request than any Python client, so on a
 two-core machine the proxy under test stays the bottleneck. Time to first token needs a
 client that sees the first SSE event arrive; ``measure_ttft`` is a small HTTP/1.1 client on
-raw asyncio streams that timestamps it.
+raw asyncio streams that timestamps it. ``send`` uses the same client to send an exact
+number of requests.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["LoadResult", "TtftResult", "find_wrk", "measure_ttft", "run_wrk"]
+__all__ = ["LoadResult", "TtftResult", "find_wrk", "measure_ttft", "run_wrk", "send"]
 
 WRK_INSTALL = ("wrk is not installed. Install it with `apt-get install -y wrk` (Debian/Ubuntu), "
                "`brew install wrk` (macOS) or from https://github.com/wg/wrk, or pass --wrk PATH.")
@@ -110,8 +111,9 @@ def _request(url: str, body: bytes, key: str) -> tuple[str, int, bytes]:
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    request: bytes) -> tuple[bool, float, float]:
-    """One request on a keep-alive connection: (ok, seconds to first event, seconds to end)."""
+                    request: bytes) -> tuple[bool, bool, float, float]:
+    """One request on a keep-alive connection: (a 200, a whole SSE stream, seconds to the
+    first event, seconds to the end)."""
     started = time.perf_counter()
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
@@ -132,8 +134,8 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         at = lower.index(b"content-length:") + 15
         body += await reader.readexactly(int(lower[at : lower.index(b"\r\n", at)]))
     ended = time.perf_counter()
-    ok = ok and bool(first) and body.endswith(b"data: [DONE]\n\n")
-    return ok, (first or ended) - started, ended - started
+    whole = bool(first) and body.endswith(b"data: [DONE]\n\n")
+    return ok, whole, (first or ended) - started, ended - started
 
 
 async def _ttft(url: str, body: bytes, key: str, concurrency: int,
@@ -144,10 +146,10 @@ async def _ttft(url: str, body: bytes, key: str, concurrency: int,
     # users, rather than all in the same instant every time the streams end together.
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        ok, _, length = await _exchange(reader, writer, request)
+        ok, whole, _, length = await _exchange(reader, writer, request)
     finally:
         writer.close()
-    if not ok:
+    if not (ok and whole):
         raise RuntimeError(f"no whole SSE stream from {url}")
     stagger = length / concurrency
     ttfts: list[float] = []
@@ -163,8 +165,8 @@ async def _ttft(url: str, body: bytes, key: str, concurrency: int,
         try:
             while time.perf_counter() < deadline:
                 counted = time.perf_counter() >= begin
-                ok, first, total = await _exchange(reader, writer, request)
-                if not ok:
+                ok, whole, first, total = await _exchange(reader, writer, request)
+                if not (ok and whole):
                     errors += 1
                 elif counted:
                     ttfts.append(first)
@@ -188,3 +190,31 @@ def measure_ttft(url: str, body: bytes, key: str, *, concurrency: int,
     The clients start staggered over the length of one stream (see ``_ttft``).
     """
     return asyncio.run(_ttft(url, body, key, concurrency, seconds))
+
+
+async def _send(url: str, body: bytes, key: str, requests: int, connections: int,
+                stream: bool) -> int:
+    host, port, request = _request(url, body, key)
+    left, failed = requests, 0
+
+    async def worker() -> None:
+        nonlocal left, failed
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while left > 0:
+                left -= 1
+                ok, whole, _, _ = await _exchange(reader, writer, request)
+                failed += not (ok and (whole or not stream))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(min(connections, requests))))
+    return failed
+
+
+def send(url: str, body: bytes, key: str, *, requests: int, connections: int,
+         stream: bool) -> int:
+    """POST ``body`` to ``url`` exactly ``requests`` times over ``connections`` keep-alive
+    connections; how many answers were not a 200 (with ``stream``, a 200 with a whole SSE
+    stream)."""
+    return asyncio.run(_send(url, body, key, requests, connections, stream))

@@ -29,6 +29,10 @@ __all__ = ["Answer", "Write"]
 #: Where a stream's bytes go: an aiohttp response's ``write``, or a batch's buffer.
 Write = Callable[[bytes], Awaitable[None]]
 
+#: How an OpenAI stream ends, and how much of its end is kept to look for it.
+_DONE = b"data: [DONE]"
+_TAIL = 64
+
 
 class Answer:
     """A target's answer to a call: ``body`` (JSON, or an upstream's error in OpenAI's
@@ -78,14 +82,20 @@ class Answer:
             _count(self._row, usage)
         return usage
 
-    async def stream_to(self, write: Write) -> ProxyError | None:
-        """Deliver the stream through ``write``; the error that ended it early, if one did.
+    async def stream_to(self, write: Write, end: Write) -> ProxyError | None:
+        """Deliver the stream through ``write``, its last bytes through ``end`` (which ends the
+        answer: an aiohttp response's ``write_eof``); or return the error that cut it short,
+        with the answer not ended, for the caller's API surface to write its error event.
 
-        The caller's own failures (``write`` raising because the caller went away, a
-        cancellation) propagate; the upstream is closed and the leases ended either way.
+        When the upstream has said everything (``UpstreamResponse.at_eof``), its last bytes go
+        out with the end of the answer, one write fewer. A stream that stops without OpenAI's
+        ``data: [DONE]`` was cut off. The caller's own failures (``write`` raising because the
+        caller went away, a cancellation) propagate; the upstream is closed and the leases
+        ended either way.
         """
         upstream, row, gateway = self._upstream, self._row, self._gateway
-        assert upstream.chunks is not None
+        chunks, at_eof = upstream.chunks, upstream.at_eof
+        assert chunks is not None
         task = asyncio.current_task(gateway.loop)
         assert task is not None
         tee = UsageTee(hide_usage_chunk=self.call.usage_injected)
@@ -94,13 +104,27 @@ class Answer:
         gateway.in_flight.expire_in(task, self._remaining())
         try:
             try:
-                if data := tee.feed(self._first):
-                    await write(data)
-                async for chunk in upstream.chunks:
-                    if data := tee.feed(chunk):
+                tail = self._first[-_TAIL:]
+                data = tee.feed(self._first)
+                while True:
+                    if at_eof is not None and at_eof():
+                        data += tee.flush()
+                        break
+                    if data:
                         await write(data)
-                if data := tee.flush():
-                    await write(data)
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        data = tee.flush()
+                        break
+                    tail = (tail + chunk)[-_TAIL:]
+                    data = tee.feed(chunk)
+                if _DONE in tail:
+                    await end(data)
+                else:
+                    if data:
+                        await write(data)
+                    error = self._cut_off()
             except asyncio.CancelledError as e:
                 if absorb(e, EXPIRED):
                     error = self._too_long()
@@ -111,9 +135,7 @@ class Answer:
                 else:
                     raise
             except (TimeoutError, aiohttp.ClientError, UpstreamError) as e:
-                error = self._too_long() if isinstance(e, TimeoutError) else UpstreamError(
-                    f"The target {self.target.name!r} broke off in the middle of the answer; "
-                    "send the request again.")
+                error = self._too_long() if isinstance(e, TimeoutError) else self._cut_off()
             finally:
                 gateway.in_flight.clear(task)
             if error is not None:
@@ -140,6 +162,10 @@ class Answer:
     def _remaining(self) -> float:
         """Seconds left of the target's total timeout."""
         return self.target.timeouts.total - (time.perf_counter() - self._row.started)
+
+    def _cut_off(self) -> UpstreamError:
+        return UpstreamError(f"The target {self.target.name!r} broke off in the middle of the "
+                             "answer; send the request again.")
 
     def _too_long(self) -> UpstreamTimeout:
         return UpstreamTimeout(f"target {self.target.name!r} took longer than its total timeout "

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .accesslog import ACCESS_LOGGER
 from .config import GatewayConfig, read_config
 from .errors import ConfigError, StartupError, one_line
 from .gateway import config_problems
@@ -79,16 +80,25 @@ def cli() -> None:
               help=f"Also start the bundled reference upstream and point ${DEMO_URL_VARIABLE} "
                    "at it, so the demo model answers with no real backend.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+              type=click.Choice(["debug", "info", "warning", "error"]),
+              help="warning and error leave out the access log.")
 def serve(config_path: Path, host: str | None, port: int | None, demo: bool,
           log_level: str) -> None:
     """Serve the gateway described by gateway.yaml until Ctrl-C.
 
-    On SIGINT/SIGTERM it stops taking connections, lets requests in flight finish
-    (server.shutdown_grace seconds), and writes the buffered request log.
+    Logs go to standard error, with a line per request (the access log; server.access_log
+    in gateway.yaml turns it off). On SIGINT/SIGTERM it stops taking connections, lets
+    requests in flight finish (server.shutdown_grace seconds), and writes the buffered
+    access and request logs.
     """
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Access lines carry their own time and are written in batches, several to a record.
+    plain = logging.StreamHandler()
+    plain.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.addHandler(plain)
+    access.propagate = False
     try:
         asyncio.run(_serve(config_path, host, port, demo))
     except ConfigError as e:
@@ -118,7 +128,9 @@ async def _serve(config_path: Path, host: str | None, port: int | None, demo: bo
     try:
         # Read as far as it goes: start-up reports the file's problems with the plugins'.
         config = _read(config_path)
-        runner = GatewayRunner(create_app(config))
+        # aiohttp's own access logger formats and writes a line per request; the gateway
+        # writes its access log from the request-log rows instead (first_proxy.accesslog).
+        runner = GatewayRunner(create_app(config), access_log=None)
         await runner.setup()
         _tune_gc()
         try:

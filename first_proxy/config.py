@@ -55,6 +55,8 @@ class ServerConfig:
     server_header: str = "first-proxy"
     #: Name the target that answered in an ``X-First-Target`` header.
     expose_target: bool = True
+    #: One line per request on the ``first_proxy.access`` logger, at INFO.
+    access_log: bool = True
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ def read_config_data(
     server = r.section(data, "server", ServerConfig, {
         "host": str, "port": int, "max_body_bytes": int, "shutdown_grace": float,
         "body_timeout": float, "idle_timeout": float, "server_header": str,
-        "expose_target": bool})
+        "expose_target": bool, "access_log": bool})
     if not 0 <= server.port <= 65535:
         r.problem("server.port", f"expected a port number from 0 to 65535, got {server.port}")
     store = r.get(data, "store", str, "", GatewayConfig.store)

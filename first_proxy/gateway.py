@@ -13,7 +13,9 @@ from typing import Any
 
 import aiohttp
 import pluggy
+from aiohttp import web
 
+from .accesslog import ACCESS_LOGGER, AccessLog
 from .backends import Backend, registered_backends
 from .config import GatewayConfig, ModelConfig
 from .errors import ConfigError, StartupError, UpstreamError, one_line
@@ -51,6 +53,8 @@ class Gateway:
         self.state: dict[str, Any] = {}
         self.store: Store | None = None
         self.request_log: RequestLog | None = None
+        #: The access log, when ``server.access_log`` is on and its logger writes INFO lines.
+        self.access_log: AccessLog | None = None
         self.started_at = time.time()
         self._backends: dict[str, Backend] = {}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
@@ -126,6 +130,10 @@ class Gateway:
             self.request_log = RequestLog(self.store, self.config.request_log, self.metrics)
             self.request_log.start()
             stack.push_async_callback(self.request_log.aclose)
+            if (self.config.server.access_log
+                    and logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)):
+                self.access_log = AccessLog(self.loop)
+                stack.callback(self.access_log.write)
             self.in_flight.start()
             stack.push_async_callback(self.in_flight.stop)
             stack.push_async_callback(self._close_sessions)
@@ -174,11 +182,14 @@ class Gateway:
             await session.close()
         self._sessions.clear()
 
-    def record(self, row: RequestRecord) -> None:
-        """Count a finished request and queue its log row; never waits."""
+    def record(self, row: RequestRecord, request: web.Request | None = None) -> None:
+        """Count a finished request and queue its log row and its access-log line (given the
+        HTTP request it answered); never waits."""
         self.metrics.observe(row)
         if self.request_log is not None:
             self.request_log.add(row)
+        if self.access_log is not None and request is not None:
+            self.access_log.add(row, request.method, request.rel_url.raw_path)
 
     # -- status -------------------------------------------------------------------------
 

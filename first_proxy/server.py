@@ -19,8 +19,10 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
 from .api.errors import unknown_route
-from .errors import error_body
+from .api.incoming import request_id
+from .errors import ProxyError, error_body
 from .keys import GATEWAY
+from .surfaces import OPENAI
 
 __all__ = ["GatewayRunner"]
 
@@ -52,8 +54,12 @@ def _paths_only(handler: Handler, server_header: str) -> Any:
     """
 
     async def not_a_path(request: web.Request) -> web.StreamResponse:
-        response = await unknown_route(request)
-        response.headers["Server"] = server_header  # no application hook runs for it
+        # No application, so none of its wrappers or hooks: the 404 is made here.
+        try:
+            await unknown_route.__wrapped__(request)  # type: ignore[attr-defined]
+        except ProxyError as e:
+            response = OPENAI.response(e, request_id(request))
+        response.headers["Server"] = server_header
         return response
 
     def handle(request: web.Request) -> Any:

@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import ProxyError
+__all__ = ["SSE_HEADERS", "UsageTee", "next_chunk", "usage_of"]
 
-__all__ = ["SSE_HEADERS", "UsageTee", "next_chunk", "sse_error", "usage_of"]
-
-SSE_HEADERS = {
+SSE_HEADERS = CIMultiDictProxy(CIMultiDict({
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
     # Tell nginx and friends not to hold events back.
     "X-Accel-Buffering": "no",
-}
+}))
 
 
-def sse_error(error: ProxyError) -> bytes:
-    """An SSE event carrying an OpenAI error object; the OpenAI SDK raises it as APIError."""
-    return b"data: " + error.body() + b"\n\n"
+_USAGE = b'"usage"'
+_BLANK_LINES = (b"\n\n", b"\n\r\n")
 
 
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+# An event ends with a blank line: "\n\n", or "\n\r\n" (the end of "\r\n\r\n", which some
+# servers send). A "\n\r\n" that ends after a given "\n\n" can only start after it, and one
+# that ends before it must start before it, so each search below stops where the other's
+# answer makes it pointless to go on.
+
+
+def _last_boundary_end(data: bytes, stop: int) -> int:
+    """Just past the last blank line in ``data[:stop]`` (0 if there is none)."""
+    lf = data.rfind(b"\n\n", 0, stop)
+    crlf = data.rfind(b"\n\r\n", lf + 1, stop)
+    return crlf + 3 if crlf >= 0 else lf + 2 if lf >= 0 else 0
+
+
+def _next_boundary_end(data: bytes, start: int) -> int:
+    """Just past the first blank line in ``data[start:]`` (``len(data)`` if there is none)."""
+    lf = data.find(b"\n\n", start)
+    crlf = data.find(b"\n\r\n", start, len(data) if lf < 0 else lf + 1)
+    return crlf + 3 if crlf >= 0 else lf + 2 if lf >= 0 else len(data)
 
 
 class UsageTee:
@@ -32,7 +46,10 @@ class UsageTee:
 
     Bytes are passed on event by event: a partial event waits for its end, nothing more. When
     the core asked for a usage chunk the caller did not (``hide_usage_chunk``), that chunk is
-    read and left out, so the caller sees exactly the stream it asked for.
+    read and left out, so the caller sees exactly the stream it asked for. Only the events
+    that mention ``"usage"`` are looked at, found by byte search from the end, where the
+    usage chunk is; only those whose ``usage`` is an object are parsed (OpenAI puts
+    ``"usage": null`` in every other chunk). The others pass as they are.
     """
 
     __slots__ = ("_pending", "hide_usage_chunk", "usage")
@@ -45,64 +62,66 @@ class UsageTee:
     def feed(self, chunk: bytes) -> bytes:
         """Bytes of complete events to forward now."""
         data = self._pending + chunk if self._pending else chunk
-        # An event ends with a blank line: "\n\n", or "\r\n\r\n" from some servers.
-        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-        if not end:
-            self._pending = data
-            return b""
-        ready, self._pending = data[:end], data[end:]
-        if b'"usage"' not in ready:
-            return ready
-        return self._filter(ready)
+        if data.endswith(_BLANK_LINES):  # whole events, as upstreams mostly send them
+            ready, self._pending = data, b""
+        else:
+            end = _last_boundary_end(data, len(data))
+            if not end:
+                self._pending = data
+                return b""
+            ready, self._pending = data[:end], data[end:]
+        at = ready.rfind(_USAGE)
+        return ready if at < 0 else self._filter(ready, at)
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream ends."""
         rest, self._pending = self._pending, b""
-        if b'"usage"' in rest:
-            return self._filter(rest)
-        return rest
+        at = rest.rfind(_USAGE)
+        return rest if at < 0 else self._filter(rest, at)
 
-    def _filter(self, data: bytes) -> bytes:
-        # Only the events that mention "usage" are read; the others pass as they are.
-        at = data.find(b'"usage"')
-        if at < 0:
-            return data
-        kept = []
-        copied = start = 0  # data[copied:start] passes as it is; an event begins at start
-        for boundary in _BLANK_LINE.finditer(data):
-            if boundary.start() < at:
-                start = boundary.end()
-                continue
-            if not self._keep(data[start : boundary.start()]):
-                kept.append(data[copied:start])
-                copied = boundary.end()
-            start = boundary.end()
-            at = data.find(b'"usage"', start)
-            if at < 0:
-                break
+    def _filter(self, data: bytes, at: int) -> bytes:
+        """``data`` less the usage chunk to hide; ``at`` is where ``"usage"`` last appears.
+
+        Events are read from the last one back: the first with a ``usage`` object holds the
+        latest usage, and the search ends at the usage chunk (no ``choices``), which comes
+        after every other event that matters.
+        """
+        latest = None
+        while at >= 0:
+            start, end = _last_boundary_end(data, at), _next_boundary_end(data, at)
+            message = self._message(data, start, at, end)
+            if message is not None:
+                latest = latest or message["usage"]
+                if not message.get("choices"):
+                    self.usage = latest
+                    if not self.hide_usage_chunk:
+                        return data
+                    return data[:start] + data[end:] if end < len(data) else data[:start]
+            at = data.rfind(_USAGE, 0, start)
+        if latest is not None:
+            self.usage = latest
+        return data
+
+    @staticmethod
+    def _message(data: bytes, start: int, at: int, end: int) -> dict[str, Any] | None:
+        """The event ``data[start:end]``, parsed, if it has a ``usage`` object; ``"usage"`` is
+        last mentioned at ``at``."""
+        value = data[at + 7 : at + 12].lstrip(b" \t:")
+        if value[:1] != b"{" and data.find(_USAGE, start, at) < 0:
+            return None  # "usage": null, or the word in a comment
+        event = data[start:end].rstrip(b"\r\n")
+        if event.startswith(b"data:") and b"\n" not in event:
+            payload = event[5:]
         else:
-            if start < len(data) and not self._keep(data[start:]):
-                kept.append(data[copied:start])
-                copied = len(data)
-        kept.append(data[copied:])
-        return b"".join(kept)
-
-    def _keep(self, event: bytes) -> bool:
-        """Read ``usage`` off an event; False for the usage chunk the caller did not ask for."""
-        if b'"usage"' not in event:
-            return True
-        payload = b"".join(
-            line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")
-        )
+            payload = b"".join(line[5:].strip() for line in event.splitlines()
+                               if line.startswith(b"data:"))
         try:
             message = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return True
-        if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
-            return True
-        self.usage = message["usage"]
-        return not (self.hide_usage_chunk and not message.get("choices"))
+            return None
+        if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+            return message
+        return None
 
 
 def usage_of(body: bytes) -> dict[str, Any] | None:

@@ -219,6 +219,10 @@ class UpstreamResponse:
     body: bytes | None = None
     chunks: AsyncIterator[bytes] | None = None
     close: Callable[[], Awaitable[None] | None] | None = None
+    #: With ``chunks``, optionally: True once ``chunks`` has nothing more to give, known
+    #: without waiting (aiohttp's ``response.content.at_eof``). The core then sends the last
+    #: chunk together with the end of its answer, one write fewer per stream.
+    at_eof: Callable[[], bool] | None = None
 
     @property
     def content_type(self) -> str:

@@ -51,7 +51,7 @@ async def post_openai(
     if call.stream and response.status == 200 and response.content_type == "text/event-stream":
         return UpstreamResponse(
             status=200, headers=response.headers, chunks=response.content.iter_any(),
-            close=response.close,
+            close=response.close, at_eof=response.content.at_eof,
         )
     try:
         body = await response.read()

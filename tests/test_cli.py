@@ -107,8 +107,8 @@ models:
       - {name: cluster, backend: slurm-magic, url: http://gpu-node:8000/v1}
 """
 THREE_PROBLEM_LINES = [
-    "  server.prot: unknown key; expected one of: body_timeout, expose_target, host, "
-    "idle_timeout, max_body_bytes, port, server_header, shutdown_grace",
+    "  server.prot: unknown key; expected one of: access_log, body_timeout, expose_target, "
+    "host, idle_timeout, max_body_bytes, port, server_header, shutdown_grace",
     "  models.llama.targets[0].url: expected an http:// or https:// URL, got 'localhost:8000/v1'",
     "  models.llama.targets[1].backend: no installed plugin dispatches backend 'slurm-magic' "
     "(installed backends: ",

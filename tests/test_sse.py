@@ -37,6 +37,30 @@ def test_usage_chunk_is_kept_when_the_caller_asked(size: int) -> None:
     assert tee.usage == {"prompt_tokens": 3, "completion_tokens": 2}
 
 
+@pytest.mark.parametrize("size", [1, 3, 10_000])
+def test_usage_null_in_every_chunk_is_passed_and_the_usage_chunk_hidden(size: int) -> None:
+    # OpenAI sends "usage": null in every chunk once usage is asked for.
+    content = b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
+    tee = UsageTee(hide_usage_chunk=True)
+    out, _ = run(tee, content * 3 + USAGE + DONE, size)
+    assert out == content * 3 + DONE
+    assert tee.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+
+
+@pytest.mark.parametrize("size", [1, 10_000])
+def test_the_latest_usage_counts_when_every_chunk_has_some(size: int) -> None:
+    # vLLM's continuous usage stats: a running count on every chunk, the total at the end.
+    def content(tokens: int) -> bytes:
+        return (b'data: {"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":3,'
+                b'"completion_tokens":%d}}\n\n' % tokens)
+
+    total = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":3}}\n\n'
+    tee = UsageTee(hide_usage_chunk=True)
+    out, _ = run(tee, content(1) + content(2) + total + DONE, size)
+    assert out == content(1) + content(2) + DONE
+    assert tee.usage == {"prompt_tokens": 3, "completion_tokens": 3}
+
+
 def test_complete_events_are_passed_on_at_once_and_partial_ones_wait() -> None:
     tee = UsageTee()
     assert tee.feed(CONTENT + CONTENT[:10]) == CONTENT

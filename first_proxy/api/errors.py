@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Iterable
 from typing import NoReturn
 
@@ -16,7 +17,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import MethodNotAllowed, NotFound, ProxyError, internal_error
+from ..keys import GATEWAY
 from ..surfaces import OPENAI, Surface
+from ..types import RequestRecord
 from .incoming import request_id
 
 __all__ = ["answers_errors", "openai_errors", "unknown_route", "wrong_method"]
@@ -25,22 +28,29 @@ log = logging.getLogger("first_proxy")
 
 
 def answers_errors(handler: Handler, surface: Surface = OPENAI) -> Handler:
-    """``handler``, with every error it raises answered in ``surface``'s shape and every
-    answer tagged with the request id."""
+    """``handler``, with every error it raises answered in ``surface``'s shape, every answer
+    tagged with the request id, and a line in the access log for each."""
 
     @functools.wraps(handler)
     async def handle(request: web.Request) -> web.StreamResponse:
+        ts, started = time.time(), time.perf_counter()
         rid = request_id(request)
+        error = None
         try:
             response = await handler(request)
+            if not response.prepared:
+                response.headers["X-Request-Id"] = rid
         except ProxyError as e:
-            return surface.response(e, rid)
+            response, error = surface.response(e, rid), e.code
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
                           rid)
-            return surface.response(internal_error(rid), rid)
-        if not response.prepared:
-            response.headers["X-Request-Id"] = rid
+            response, error = surface.response(internal_error(rid), rid), "internal_error"
+        access = request.app[GATEWAY].access_log
+        if access is not None:
+            row = RequestRecord(ts, rid, "", status=response.status, error=error,
+                                latency_ms=(time.perf_counter() - started) * 1000)
+            access.add(row, request.method, request.rel_url.raw_path)
         return response
 
     return handle

@@ -60,17 +60,18 @@ async def proxy(request: web.Request, endpoint: str, surface: Surface = OPENAI,
         if not answer.streaming:
             headers["Content-Type"] = answer.content_type
             return web.Response(body=answer.body, status=answer.status, headers=headers)
-        response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+        response = web.StreamResponse(headers=SSE_HEADERS)  # copied: a multidict copies fastest
+        response.headers.update(headers)
         try:
             await response.prepare(request)
         except BaseException:
             await answer.aclose()
             raise
         try:
-            error = await answer.stream_to(response.write)
+            error = await answer.stream_to(response.write, response.write_eof)
             if error is not None:
                 await response.write(surface.event(error))
-            await response.write_eof()
+                await response.write_eof()
         except ConnectionResetError:
             row.status, row.error = 499, "client_disconnected"
         return response
@@ -97,7 +98,7 @@ async def proxy(request: web.Request, endpoint: str, surface: Surface = OPENAI,
     finally:
         gateway.in_flight.discard(task)
         row.latency_ms = (time.perf_counter() - row.started) * 1000
-        gateway.record(row)
+        gateway.record(row, request)
 
 
 #: A partial rather than a wrapping coroutine: one frame fewer on the hot path.
