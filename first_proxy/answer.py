@@ -81,7 +81,8 @@ class Answer:
         """Deliver the stream through ``write``; the error that ended it early, if one did.
 
         The caller's own failures (``write`` raising because the caller went away, a
-        cancellation) propagate; the upstream is closed and the leases ended either way.
+        cancellation) propagate; the upstream is closed either way. The leases are settled
+        when the stream is delivered whole, and released when it is not.
         """
         upstream, row, gateway = self._upstream, self._row, self._gateway
         assert upstream.chunks is not None
@@ -109,6 +110,8 @@ class Answer:
                         "the request again.", code="gateway_shutting_down")
                 else:
                     raise
+            except ConnectionResetError:
+                raise  # the caller went away (aiohttp's error for it is a ClientError too)
             except (TimeoutError, aiohttp.ClientError, UpstreamError) as e:
                 error = self._too_long() if isinstance(e, TimeoutError) else UpstreamError(
                     f"The target {self.target.name!r} broke off in the middle of the answer; "
@@ -121,7 +124,7 @@ class Answer:
                     gateway.metrics.upstream_error(self.call.model, self.target.name, "midstream")
             if tee.usage:
                 _count(row, tee.usage)
-            if self._leases is not None:
+            if self._leases is not None and error is None:
                 settled = True
                 await self._leases.settle(tee.usage)
             return error

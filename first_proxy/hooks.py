@@ -142,6 +142,8 @@ class RouteSpec:
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     auth: bool
     errors: Surface
+    #: Whether the caller's credential may come as ``x-api-key`` (Anthropic's clients).
+    x_api_key: bool = False
 
 
 class Hooks:
@@ -207,8 +209,10 @@ class Hooks:
         found: list[RouteSpec] = []
         for impl in _impls(self.pm, "register_routes"):
             def register(method: str, path: str, handler: Any, *, auth: bool = True,
-                         errors: Surface = OPENAI, _plugin: str = impl.plugin_name) -> None:
-                found.append(RouteSpec(_plugin, method.upper(), path, handler, auth, errors))
+                         errors: Surface = OPENAI, x_api_key: bool = False,
+                         _plugin: str = impl.plugin_name) -> None:
+                found.append(RouteSpec(_plugin, method.upper(), path, handler, auth, errors,
+                                       x_api_key))
 
             impl.function(*[register for _ in impl.argnames])
         return found

@@ -27,7 +27,8 @@ def plugin_handler(spec: RouteSpec) -> Handler:
         status = 500
         try:
             if spec.auth:
-                request[IDENTITY] = await authenticate(request, gateway)
+                request[IDENTITY] = await authenticate(request, gateway,
+                                                       x_api_key=spec.x_api_key)
             response = await spec.handler(request)
             status = response.status
             return response
