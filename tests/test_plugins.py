@@ -39,7 +39,7 @@ from first_proxy import (
 )
 from first_proxy.cli import cli
 from first_proxy.config import parse_config
-from first_proxy.errors import BadRequest, ConfigError, PluginError, StartupError
+from first_proxy.errors import BadRequest, ConfigError, NoTargetAvailable, PluginError, StartupError
 from first_proxy.gateway import check_wiring
 from first_proxy.hookspecs import HOOK_NAMES
 from first_proxy.plugins import BUILTIN_PLUGINS, get_plugin_manager, list_plugins
@@ -791,6 +791,26 @@ async def test_the_first_denial_stops_the_limiters_and_releases_the_leases(
     assert body["error"]["message"] == "tester is over quota"
     assert before.ended() == [[("release", None)]]
     assert (refuser.asked, after.leases) == (1, [])
+    assert not reference_upstream.received
+
+
+class QuotaServiceDown:
+    __name__ = "first_quota_service"
+
+    @hookimpl
+    async def check_limits(self) -> None:
+        raise NoTargetAvailable("The quota service cannot be reached; try again in a minute.",
+                                code="quota_service_down")
+
+
+async def test_a_limiter_that_fails_releases_the_leases_already_taken(
+        make_gateway: Any, reference_upstream: ReferenceUpstream) -> None:
+    ledger = Ledger()
+    server = await make_gateway({"models": {"m": targets(reference_upstream, "a")}},
+                                plugins=[ReferenceBackend(), QuotaServiceDown(), ledger])
+    status, _, body = await post(server, "m")
+    assert (status, body["error"]["code"]) == (503, "quota_service_down")
+    assert ledger.ended() == [[("release", None)]]
     assert not reference_upstream.received
 
 
