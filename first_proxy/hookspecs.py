@@ -59,7 +59,8 @@ def register_routes(register: Callable[..., None]) -> None:
     """Add HTTP routes: ``register(method, path, handler, *, auth=True, errors=OPENAI,
     x_api_key=False)``.
 
-    ``handler(request)`` is an aiohttp handler. With ``auth=True`` the core authenticates the
+    ``handler(request)`` is an aiohttp handler; ``request.app[first_proxy.GATEWAY]`` is the
+    :class:`~first_proxy.Gateway`. With ``auth=True`` the core authenticates the
     caller first (401 otherwise) and the handler finds the :class:`~first_proxy.Identity` in
     ``request[first_proxy.IDENTITY]``; ``x_api_key=True`` lets the credential come as the
     ``x-api-key`` header too (Anthropic's clients send it). With ``auth=False`` the handler
