@@ -8,7 +8,7 @@ from .config import GatewayConfig
 from .errors import AuthenticationError, ProxyError, UpstreamError
 from .gateway import Gateway
 from .hookspecs import hookimpl
-from .keys import IDENTITY
+from .keys import GATEWAY, IDENTITY
 from .limits import Lease
 from .surfaces import ANTHROPIC, OPENAI, Surface
 from .types import Call, Denial, Identity, RequestRecord, Status, Target, Timeouts, UpstreamResponse
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANTHROPIC",
+    "GATEWAY",
     "IDENTITY",
     "OPENAI",
     "AuthenticationError",

@@ -90,8 +90,8 @@ class Answer:
         When the upstream has said everything (``UpstreamResponse.at_eof``), its last bytes go
         out with the end of the answer, one write fewer. A stream that stops without OpenAI's
         ``data: [DONE]`` was cut off. The caller's own failures (``write`` raising because the
-        caller went away, a cancellation) propagate; the upstream is closed and the leases
-        ended either way.
+        caller went away, a cancellation) propagate; the upstream is closed either way. The
+        leases are settled when the stream is delivered whole, and released when it is not.
         """
         upstream, row, gateway = self._upstream, self._row, self._gateway
         chunks, at_eof = upstream.chunks, upstream.at_eof
@@ -134,6 +134,8 @@ class Answer:
                         "the request again.", code="gateway_shutting_down")
                 else:
                     raise
+            except ConnectionResetError:
+                raise  # the caller went away (aiohttp's error for it is a ClientError too)
             except (TimeoutError, aiohttp.ClientError, UpstreamError) as e:
                 error = self._too_long() if isinstance(e, TimeoutError) else self._cut_off()
             finally:
@@ -144,7 +146,7 @@ class Answer:
                     gateway.metrics.upstream_error(self.call.model, self.target.name, "midstream")
             if tee.usage:
                 _count(row, tee.usage)
-            if self._leases is not None:
+            if self._leases is not None and error is None:
                 settled = True
                 await self._leases.settle(tee.usage)
             return error

@@ -89,10 +89,10 @@ class _Caller:
                 found = result
         return found
 
-    async def until_denial(self, *args: Any) -> list[Any]:
-        """Every answer that is not None, stopping after the first :class:`Denial`."""
+    async def until_denial(self, results: list[Any], *args: Any) -> list[Any]:
+        """Every answer that is not None, stopping after the first :class:`Denial`; appended
+        to ``results`` as they come, so that the caller has them if an implementation raises."""
         gateway = self._gateway
-        results: list[Any] = []
         for function, pick, is_async in self._calls:
             result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
             if is_async or (result is not None and _awaitable(result)):
@@ -142,7 +142,7 @@ class RouteSpec:
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     auth: bool
     errors: Surface
-    #: Take the credential from ``x-api-key`` too (Anthropic's clients send it there).
+    #: Whether the caller's credential may come as ``x-api-key`` (Anthropic's clients).
     x_api_key: bool = False
 
 
@@ -163,9 +163,10 @@ class Hooks:
         #: ``authorize(identity, model, target)``: every plugin is asked; any denial wins.
         self.authorize: Callable[[Identity, str, Target | None], Awaitable[Denial | None]] = \
             _Caller(pm, "authorize", gateway).first_of_all
-        #: ``check_limits(identity, model, call)``: the leases taken, ending with a Denial if
-        #: one refused (the later plugins are then not asked).
-        self.check_limits: Callable[[Identity, str, Call], Awaitable[list[Denial | Lease]]] = \
+        #: ``check_limits(answers, identity, model, call)``: the leases taken, ending with a
+        #: Denial if one refused (the later plugins are then not asked), into ``answers``.
+        self.check_limits: Callable[[list[Denial | Lease], Identity, str, Call],
+                                    Awaitable[list[Denial | Lease]]] = \
             _Caller(pm, "check_limits", gateway).until_denial
         #: ``select_target(model, candidates, statuses)``: the order after every plugin's say.
         self.select_target: Callable[[str, Sequence[Target], Mapping[str, Status]],

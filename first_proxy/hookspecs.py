@@ -59,15 +59,16 @@ def register_routes(register: Callable[..., None]) -> None:
     """Add HTTP routes: ``register(method, path, handler, *, auth=True, errors=OPENAI,
     x_api_key=False)``.
 
-    ``handler(request)`` is an aiohttp handler. With ``auth=True`` the core authenticates the
+    ``handler(request)`` is an aiohttp handler; ``request.app[first_proxy.GATEWAY]`` is the
+    :class:`~first_proxy.Gateway`. With ``auth=True`` the core authenticates the
     caller first (401 otherwise) and the handler finds the :class:`~first_proxy.Identity` in
-    ``request[first_proxy.IDENTITY]``; ``x_api_key=True`` also takes the credential from an
-    ``x-api-key`` header (Anthropic's clients send it there). With ``auth=False`` the handler
+    ``request[first_proxy.IDENTITY]``; ``x_api_key=True`` lets the credential come as the
+    ``x-api-key`` header too (Anthropic's clients send it). With ``auth=False`` the handler
     checks credentials of its own (a callback's per-task secret, say). Every answer carries
     the core's request id, is counted in its metrics, and any
-    :class:`~first_proxy.errors.ProxyError` the handler raises becomes an error in the
-    route's shape (``errors``: :data:`first_proxy.OPENAI` or :data:`first_proxy.ANTHROPIC`).
-    A path the core serves itself cannot be taken.
+    :class:`~first_proxy.errors.ProxyError` the handler raises becomes an error in the route's
+    shape (``errors``: :data:`first_proxy.OPENAI` or :data:`first_proxy.ANTHROPIC`). A path the
+    core serves itself cannot be taken, whatever the method.
 
     **Combines:** every plugin is called, at start-up.
     """

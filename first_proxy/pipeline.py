@@ -15,6 +15,7 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import aiohttp
 
@@ -138,14 +139,18 @@ def _pinned(gateway: Gateway, name: str, candidates: Sequence[Target],
 
 
 async def _admit(gateway: Gateway, call: Call) -> Leases | None:
-    """Ask every limiter; the first denial stops the others and gives back what they hold."""
-    held: list[Lease] = []
-    for answer in await gateway.hooks.check_limits(call.identity, call.model, call):
-        if isinstance(answer, Denial):
-            await Leases(held).release()
-            raise denial_error(answer)
-        held.append(answer)
-    return Leases(held) if held else None
+    """Ask every limiter; the first denial, or a limiter that fails, stops the others and
+    gives back what they hold."""
+    answers: list[Denial | Lease] = []
+    try:
+        await gateway.hooks.check_limits(answers, call.identity, call.model, call)
+    except BaseException:
+        await Leases(cast(list[Lease], answers)).release()
+        raise
+    if answers and isinstance(answers[-1], Denial):
+        await Leases(cast(list[Lease], answers[:-1])).release()
+        raise denial_error(answers[-1])
+    return Leases(cast(list[Lease], answers)) if answers else None
 
 
 async def _forward(gateway: Gateway, call: Call, ordered: Sequence[Target], row: RequestRecord,

@@ -43,10 +43,11 @@ def setup_routes(app: web.Application) -> None:
 
 def _add_plugin_routes(app: web.Application) -> None:
     router = app.router
-    taken = {(route.method, route.resource.canonical) for route in router.routes()
-             if route.resource is not None}
+    # A path the core serves is taken whatever the method; a plugin's, per method.
+    core = {route.resource.canonical for route in router.routes() if route.resource is not None}
+    taken: set[tuple[str, str]] = set()
     for spec in app[GATEWAY].hooks.routes():
-        if (spec.method, spec.path) in taken:
+        if spec.path in core or (spec.method, spec.path) in taken:
             raise PluginError(f"{spec.plugin} adds the route {spec.method} {spec.path}, which is "
                               "taken already; choose another path")
         taken.add((spec.method, spec.path))

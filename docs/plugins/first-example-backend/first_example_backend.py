@@ -1,9 +1,9 @@
 """first-proxy backend ``echo``: a model that answers in-process by repeating the prompt back.
 
 The finished plugin of docs/writing_plugins.md. It needs no server, so it shows the whole
-contract of a backend plugin on its own: a target validator, a check of its settings, JSON
-and streamed answers, load reporting, per-gateway state opened and released with the gateway,
-and a subcommand.
+contract of a backend plugin on its own: a backend object with a target validator, JSON and
+streamed answers and load reporting; a check of its settings; per-gateway state opened and
+released with the gateway; a route of its own, ``GET /example/echo/stats``; and a subcommand.
 
 gateway.yaml::
 
@@ -30,8 +30,11 @@ from typing import Any
 
 import click
 import orjson
+from aiohttp import web
 
 from first_proxy import (
+    GATEWAY,
+    IDENTITY,
     Backend,
     Call,
     Gateway,
@@ -172,6 +175,20 @@ async def lifespan(gateway: Gateway) -> AsyncIterator[None]:
     finally:
         del gateway.state[NAME]
         log.info("backend echo answered %d call(s)", state.answered)
+
+
+@hookimpl
+def register_routes(register: Callable[..., None]) -> None:
+    register("GET", "/example/echo/stats", stats)
+
+
+async def stats(request: web.Request) -> web.Response:
+    """``GET /example/echo/stats``: what backend echo did since start-up. The core has
+    authenticated the caller (``auth=True``, the default), so only callers with a key see it."""
+    state: EchoState = request.app[GATEWAY].state[NAME]
+    return web.json_response({"answered": state.answered,
+                              "streaming": {key: n for key, n in state.streaming.items() if n},
+                              "asked_by": request[IDENTITY].name})
 
 
 @hookimpl

@@ -22,6 +22,8 @@ from first_proxy.errors import ConfigError
 from first_proxy.plugins import get_plugin_manager, list_plugins
 from first_proxy.testing import TEST_KEY, GatewayServer, MakeGateway, eventually
 
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+
 
 async def parrot(make_gateway: MakeGateway, *targets: dict[str, Any],
                  **config: Any) -> GatewayServer:
@@ -46,8 +48,7 @@ def test_plugin_is_installed() -> None:
     rows = {row["name"]: row for row in list_plugins(get_plugin_manager())}
     assert rows[example.NAME]["version"] == "0.1.0"
     assert rows[example.NAME]["hooks"] == [
-        "check_config", "dispatch", "register_backends", "register_commands", "report_status",
-        "shutdown", "startup"]
+        "check_config", "lifespan", "register_backends", "register_commands", "register_routes"]
 
 
 async def test_chat_completion_repeats_the_prompt(make_gateway: MakeGateway) -> None:
@@ -178,7 +179,10 @@ async def test_a_disabled_plugin_is_not_loaded(make_gateway: MakeGateway) -> Non
     assert caught.value.problems[0][0] == "models.parrot.targets[0].backend"
     assert "'echo'" in caught.value.problems[0][1]
     server = await make_gateway({"plugins": off}, load_entrypoints=True)
-    assert example.NAME not in server.gateway.state  # its startup never ran
+    assert example.NAME not in server.gateway.state  # its lifespan never ran
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{server.url}/example/echo/stats", headers=AUTH) as response:
+        assert response.status == 404  # nor was its route added
 
 
 async def test_status_reports_streams_in_progress(make_gateway: MakeGateway) -> None:
@@ -200,12 +204,35 @@ async def test_status_reports_streams_in_progress(make_gateway: MakeGateway) -> 
     await eventually(lambda: state.streaming["parrot/slow"] == 0, within=5)
 
     async with aiohttp.ClientSession() as http, http.get(
-            f"{server.url}/status", headers={"Authorization": f"Bearer {TEST_KEY}"}) as response:
+            f"{server.url}/status", headers=AUTH) as response:
         shown = await response.json()
     await gateway.refresh_statuses()
     target = shown["models"][0]["targets"][0]
     assert (target["backend"], target["status"]["reachable"]) == ("echo", True)
     assert gateway.statuses["parrot/slow"].detail == {"answered": 1}
+
+
+async def test_the_stats_route_counts_answers_for_callers_with_a_key(
+        make_gateway: MakeGateway) -> None:
+    server = await parrot(make_gateway, {"name": "slow", "backend": "echo", "pace": 0.2})
+    stats = f"{server.url}/example/echo/stats"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(stats) as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["code"] == "missing_credentials"
+        async with client(server) as api:
+            await api.completions.create(model="parrot", prompt="hi")
+            stream = await api.completions.create(model="parrot", prompt="word " * 50,
+                                                  stream=True)
+            await anext(aiter(stream))
+            async with http.get(stats, headers={**AUTH, "X-Request-Id": "stats-1"}) as response:
+                assert (response.status, response.headers["X-Request-Id"]) == (200, "stats-1")
+                assert await response.json() == {"answered": 2, "streaming": {"parrot/slow": 1},
+                                                 "asked_by": "tester"}
+            await stream.close()
+    metrics = server.gateway.metrics.render()
+    assert ('first_proxy_route_requests_total{plugin="first_example_backend",'
+            'route="GET /example/echo/stats",status="200"} 1.0') in metrics.decode()
 
 
 async def test_shutdown_releases_the_state(make_gateway: MakeGateway,
