@@ -29,17 +29,27 @@ __all__ = ["Answer", "Write"]
 #: Where a stream's bytes go: an aiohttp response's ``write``, or a batch's buffer.
 Write = Callable[[bytes], Awaitable[None]]
 
-#: How an OpenAI stream ends, and how much of its end is kept to look for it.
+#: How an OpenAI stream ends.
 _DONE = b"data: [DONE]"
-_TAIL = 64
 
 
 class Answer:
     """A target's answer to a call: ``body`` (JSON, or an upstream's error in OpenAI's
     shape), or a stream to deliver with :meth:`stream_to`."""
 
-    __slots__ = ("_first", "_gateway", "_leases", "_row", "_upstream", "body", "call",
-                 "content_type", "status", "target")
+    __slots__ = (
+        "_first",
+        "_gateway",
+        "_leases",
+        "_row",
+        "_upstream",
+        "body",
+        "call",
+        "content_type",
+        "status",
+        "target",
+        "usage",
+    )
 
     def __init__(self, gateway: Gateway, call: Call, target: Target, upstream: UpstreamResponse,
                  first: bytes, row: RequestRecord, leases: Leases | None) -> None:
@@ -53,24 +63,16 @@ class Answer:
         self._leases = leases
         self.body: bytes | None = None
         self.content_type = "application/json"
-
-    @classmethod
-    async def of(cls, gateway: Gateway, call: Call, target: Target, upstream: UpstreamResponse,
-                 first: bytes, row: RequestRecord, leases: Leases | None) -> Answer:
-        """The answer, with a JSON one already settled (its usage counted, leases ended)."""
-        answer = cls(gateway, call, target, upstream, first, row, leases)
-        if upstream.chunks is None:
-            usage = answer._read_json()
-            if leases is not None:
-                await leases.settle(usage)
-        return answer
+        #: What a JSON answer says it used (``None`` for streams, until delivered).
+        self.usage = self._read_json() if upstream.chunks is None else None
 
     @property
     def streaming(self) -> bool:
         return self._upstream.chunks is not None
 
     def _read_json(self) -> dict[str, Any] | None:
-        """Set the body to deliver; the usage it reports, counted into the row."""
+        """Set the body to deliver; the usage it reports, counted into the row. The pipeline
+        settles the leases of a JSON answer with it at once."""
         upstream = self._upstream
         if upstream.status >= 400:
             self.body = as_openai_error(upstream, self.call, self.target)
@@ -104,22 +106,22 @@ class Answer:
         gateway.in_flight.expire_in(task, self._remaining())
         try:
             try:
-                tail = self._first[-_TAIL:]
-                data = tee.feed(self._first)
+                # The tee hands on whole events only, so the last it handed on holds [DONE].
+                data = last = tee.feed(self._first)
                 while True:
                     if at_eof is not None and at_eof():
                         data += tee.flush()
                         break
                     if data:
+                        last = data
                         await write(data)
                     try:
                         chunk = await chunks.__anext__()
                     except StopAsyncIteration:
                         data = tee.flush()
                         break
-                    tail = (tail + chunk)[-_TAIL:]
                     data = tee.feed(chunk)
-                if _DONE in tail:
+                if _DONE in (data or last):
                     await end(data)
                 else:
                     if data:

@@ -31,19 +31,9 @@ def create_app(
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[GATEWAY] = Gateway(config, pm)
     setup_routes(app)
-    app.on_response_prepare.append(_server_header(config.server.server_header))
     app.cleanup_ctx.append(_gateway_context)
     app.on_shutdown.append(_begin_shutdown)
     return app
-
-
-def _server_header(value: str) -> Any:
-    """Every answer names the gateway as ``value``, not aiohttp and its version."""
-
-    async def name_server(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers["Server"] = value
-
-    return name_server
 
 
 async def _begin_shutdown(app: web.Application) -> None:

@@ -200,5 +200,8 @@ async def _forward(gateway: Gateway, call: Call, ordered: Sequence[Target], row:
             continue
         if upstream.chunks is not None:
             row.ttft_ms = (time.perf_counter() - row.started) * 1000
-        return await Answer.of(gateway, call, target, upstream, first, row, leases)
+        answer = Answer(gateway, call, target, upstream, first, row, leases)
+        if leases is not None and not answer.streaming:
+            await leases.settle(answer.usage)
+        return answer
     raise exhausted(call.model, failures)

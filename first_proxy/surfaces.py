@@ -25,11 +25,14 @@ class Surface:
     body: Callable[[ProxyError], bytes]
     event: Callable[[ProxyError], bytes]
 
-    def response(self, error: ProxyError, request_id: str) -> web.Response:
-        """``error`` as the answer to the request ``request_id``."""
+    def response(self, error: ProxyError, request_id: str, server: str = "") -> web.Response:
+        """``error`` as the answer to the request ``request_id``, naming the gateway as
+        ``server`` (``server.server_header``) when given."""
+        headers = {**error.headers, "X-Request-Id": request_id}
+        if server:
+            headers["Server"] = server
         response = web.Response(body=self.body(error), status=error.status,
-                                content_type="application/json",
-                                headers={**error.headers, "X-Request-Id": request_id})
+                                content_type="application/json", headers=headers)
         if error.close_connection:
             response.force_close()
         return response

@@ -46,7 +46,10 @@ def answers_errors(handler: Handler, surface: Surface = OPENAI) -> Handler:
             log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
                           rid)
             response, error = surface.response(internal_error(rid), rid), "internal_error"
-        access = request.app[GATEWAY].access_log
+        gateway = request.app[GATEWAY]
+        if not response.prepared:
+            response.headers["Server"] = gateway.config.server.server_header
+        access = gateway.access_log
         if access is not None:
             row = RequestRecord(ts, rid, "", status=response.status, error=error,
                                 latency_ms=(time.perf_counter() - started) * 1000)

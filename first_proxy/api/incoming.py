@@ -125,7 +125,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         request[IDENTITY] = await authenticate(request, gateway)
     except ProxyError as e:
         e.close_connection = True  # the body may follow anyway; it is not read
-        return OPENAI.response(e, request_id(request))
+        return OPENAI.response(e, request_id(request), gateway.config.server.server_header)
     await _continue(request)
     return None
 
@@ -138,7 +138,8 @@ async def expect_no_body(request: web.Request) -> web.StreamResponse | None:
         _check_expectation(request)
     except ProxyError as e:
         e.close_connection = True
-        return OPENAI.response(e, request_id(request))
+        return OPENAI.response(e, request_id(request),
+                               request.app[GATEWAY].config.server.server_header)
     await _continue(request)
     return None
 

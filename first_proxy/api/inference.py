@@ -53,7 +53,7 @@ async def proxy(request: web.Request, endpoint: str, surface: Surface = OPENAI,
         cluster = request.match_info.get("cluster")
         pin = None if cluster is None else (cluster, request.match_info["framework"])
         answer = await run(gateway, call, row, pin)
-        headers = {"X-Request-Id": row.request_id}
+        headers = {"X-Request-Id": row.request_id, "Server": gateway.config.server.server_header}
         if gateway.config.server.expose_target:
             headers["X-First-Target"] = answer.target.name
         row.status = answer.status
@@ -77,7 +77,7 @@ async def proxy(request: web.Request, endpoint: str, surface: Surface = OPENAI,
         return response
     except ProxyError as e:
         row.status, row.error = e.status, e.code
-        return surface.response(e, row.request_id)
+        return surface.response(e, row.request_id, gateway.config.server.server_header)
     except asyncio.CancelledError as e:
         if not absorb(e, SHUTTING_DOWN):
             row.status, row.error = 499, "client_disconnected"
@@ -86,12 +86,13 @@ async def proxy(request: web.Request, endpoint: str, surface: Surface = OPENAI,
             "The gateway is shutting down and could not answer in time; send the request "
             "again.", code="gateway_shutting_down", headers={"Retry-After": "5"})
         row.status, row.error = error.status, error.code
-        return surface.response(error, row.request_id)
+        return surface.response(error, row.request_id, gateway.config.server.server_header)
     except Exception:
         log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
                       row.request_id)
         row.status, row.error = 500, "internal_error"
-        return surface.response(internal_error(row.request_id), row.request_id)
+        return surface.response(internal_error(row.request_id), row.request_id,
+                                gateway.config.server.server_header)
     except BaseException:
         row.status, row.error = 500, "internal_error"
         raise

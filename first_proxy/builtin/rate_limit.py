@@ -1,24 +1,24 @@
 """Per-user request rate: ``limits.requests_per_minute``, or ``requests_per_minute`` on a key.
 
 A token bucket per user in this process, read from gateway.yaml: the default for everyone,
-and each API key's own rate. A bucket left alone for a minute is full again, so it is
-forgotten then (at most ``_MAX_USERS`` are kept). Limits shared across gateway instances come
-from a plugin answering ``check_limits`` the same way.
+and each API key's own rate. A bucket left alone for a minute is full again, as a new one
+would be, so such buckets are forgotten by a sweep every ``_SWEEP_EVERY`` requests. Limits
+shared across gateway instances come from a plugin answering ``check_limits`` the same way.
 """
 
 from __future__ import annotations
 
 import time
 
-from cachetools import TTLCache
-
 from ..gateway import Gateway
 from ..hookspecs import hookimpl
 from ..types import Denial, Identity
 
 _STATE = "first_proxy.rate_limit"
-#: Buckets kept at most; beyond that the least recently used are forgotten first.
-_MAX_USERS = 100_000
+#: Requests between two sweeps of the buckets left alone for a minute.
+_SWEEP_EVERY = 4096
+#: Seconds after which a bucket left alone is full again (the longest refill is a minute).
+_IDLE = 60.0
 
 
 class TokenBucket:
@@ -49,8 +49,14 @@ class _Limiter:
         self.default = config.limits.requests_per_minute
         self.per_user = {f"key:{key.name}": key.requests_per_minute
                          for key in config.auth.api_keys if key.requests_per_minute is not None}
-        # The longest refill is a minute: a bucket unused that long is full, as a new one.
-        self.buckets: TTLCache[str, TokenBucket] = TTLCache(_MAX_USERS, ttl=60.0)
+        self.buckets: dict[str, TokenBucket] = {}
+        self.until_sweep = _SWEEP_EVERY
+
+    def sweep(self) -> None:
+        self.until_sweep = _SWEEP_EVERY
+        idle = time.monotonic() - _IDLE
+        for user in [u for u, bucket in self.buckets.items() if bucket.updated < idle]:
+            del self.buckets[user]
 
 
 @hookimpl(trylast=True)
@@ -62,10 +68,12 @@ def check_limits(identity: Identity, gateway: Gateway) -> Denial | None:
     rate = limiter.per_user.get(user, limiter.default)
     if rate is None:
         return None
+    limiter.until_sweep -= 1
+    if not limiter.until_sweep:
+        limiter.sweep()
     bucket = limiter.buckets.get(user)
     if bucket is None:
-        bucket = TokenBucket(rate)
-    limiter.buckets[user] = bucket  # (re)set: the entry lives a minute from its last use
+        bucket = limiter.buckets[user] = TokenBucket(rate)
     wait = bucket.take()
     if not wait:
         return None
