@@ -4,7 +4,7 @@ It runs first (``tryfirst``); other plugins' ``select_target`` then adjust the o
 Tiers, best first (see docs/federation.md for a worked example):
 
 1. running, least loaded first: the shorter queue, then fewer running requests, then lower
-   KV-cache use;
+   KV-cache use; a target that reports none of these goes after those that do;
 2. starting (its job runs, the model is loading);
 3. queued, the shortest wait first: the lower queue position, then the job that has waited
    longest;
@@ -39,20 +39,24 @@ _INF = float("inf")
 
 
 def rank(target: Target, status: Status | None, cooled: bool = False) -> tuple[float, ...]:
-    """``target``'s place: lower goes first. ``(tier, three tie-breaks within it, -weight)``."""
+    """``target``'s place: lower goes first. ``(tier, four tie-breaks within it, -weight)``."""
     if cooled:
-        return (COOLED, 0.0, 0.0, 0.0, -target.weight)
+        return (COOLED, 0, 0.0, 0.0, 0.0, -target.weight)
     tier = TIERS.get(state_of(target, status), _DOWN)
     if tier == 0:
         assert status is not None
-        return (0, status.queue_depth or 0.0, status.running_requests or 0.0,
-                status.kv_cache_usage or 0.0, -target.weight)
+        load = (status.queue_depth, status.running_requests, status.kv_cache_usage)
+        # A target that reports no load at all goes after those whose load is known.
+        return (0, load == _NO_LOAD, *(value or 0.0 for value in load), -target.weight)
     if tier == 2:
         facts = model_facts(target, status)
         position, since = facts.get("queue_position"), facts.get("since")
-        return (2, position if isinstance(position, (int, float)) else _INF,
+        return (2, 0, position if isinstance(position, (int, float)) else _INF,
                 since if isinstance(since, (int, float)) else _INF, 0.0, -target.weight)
-    return (tier, 0.0, 0.0, 0.0, -target.weight)
+    return (tier, 0, 0.0, 0.0, 0.0, -target.weight)
+
+
+_NO_LOAD = (None, None, None)
 
 
 def order(candidates: Sequence[Target], statuses: Mapping[str, Status], *,

@@ -126,7 +126,8 @@ async def test_the_plugin_loads_through_its_entry_point(
     rows = {row["name"]: row for row in list_plugins(get_plugin_manager())}
     assert rows["first_pbs_status"]["version"] == "0.1.0"
     assert rows["first_pbs_status"]["hooks"] == [
-        "check_config", "lifespan", "register_commands", "report_status"]
+        "check_config", "lifespan", "register_commands", "register_migrations", "report_status",
+        "select_target"]
     server = await make_gateway(config(reference_upstream), plugins=[ReferenceBackend()],
                                 load_entrypoints=True)
     status = await eventually(lambda: _up(server.gateway.statuses.get(f"{MODEL}/polaris-vllm")))
