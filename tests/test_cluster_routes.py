@@ -152,9 +152,9 @@ async def test_whoami_says_who_and_how_never_the_token(gateway: GatewayServer) -
         text = await answer.text()
         assert answer.status == 200
     assert TEST_KEY not in text
-    assert await get(gateway, "/resource_server/whoami", GUEST_KEY) == (200, {"id": "key:guest", "name": "guest", "username": "guest", "email": None,
-                    "groups": ["students"], "identity_provider": "api_key",
-                    "authenticated_with": "api_key"})
+    assert await get(gateway, "/resource_server/whoami", GUEST_KEY) == (200, {
+        "id": "key:guest", "name": "guest", "username": "guest", "email": None,
+        "groups": ["students"], "identity_provider": "api_key", "authenticated_with": "api_key"})
 
 
 async def test_jobs_list_the_callers_models_by_state(gateway: GatewayServer) -> None:
