@@ -34,7 +34,7 @@ class Answer:
     """A target's answer to a call: ``body`` (JSON, or an upstream's error in OpenAI's
     shape), or a stream to deliver with :meth:`stream_to`."""
 
-    __slots__ = ("_first", "_gateway", "_leases", "_row", "_upstream", "body", "call",
+    __slots__ = ("_first", "_gateway", "_leases", "_open", "_row", "_upstream", "body", "call",
                  "content_type", "status", "target")
 
     def __init__(self, gateway: Gateway, call: Call, target: Target, upstream: UpstreamResponse,
@@ -49,6 +49,8 @@ class Answer:
         self._leases = leases
         self.body: bytes | None = None
         self.content_type = "application/json"
+        #: A stream not yet ended: the target counts it among the calls it answers.
+        self._open = upstream.chunks is not None
 
     @classmethod
     async def of(cls, gateway: Gateway, call: Call, target: Target, upstream: UpstreamResponse,
@@ -126,15 +128,22 @@ class Answer:
                 await self._leases.settle(tee.usage)
             return error
         finally:
+            self._end()
             await upstream.aclose()
             if self._leases is not None and not settled:
                 await self._leases.release()
 
     async def aclose(self) -> None:
         """Give up an answer that will not be delivered (the caller left before it began)."""
+        self._end()
         await self._upstream.aclose()
         if self._leases is not None:
             await self._leases.release()
+
+    def _end(self) -> None:
+        if self._open:
+            self._open = False
+            self._gateway.health.ended(self.target)
 
     def _remaining(self) -> float:
         """Seconds left of the target's total timeout."""

@@ -1,4 +1,4 @@
-"""A circuit breaker per target: failures in a row cool a target down, a success ends it.
+"""How each target fares for this gateway: a circuit breaker, and the calls it answers now.
 
 The pipeline tells :class:`Health` how each attempt went (:meth:`Health.failed`,
 :meth:`Health.succeeded`); the built-in selection ranks a target that is cooled down last.
@@ -6,8 +6,13 @@ After ``cooldown_failures`` failures in a row a target is cooled down for ``cool
 once that is over it is tried again, and each retry that fails doubles the cool-down, up to
 ``cooldown_max_seconds``. Its first success forgets it all.
 
-No I/O and no lock: the gateway runs on one event loop, and the request path pays one dict
-lookup for a success.
+It also counts the calls each target is answering for this gateway (:meth:`Health.began`,
+:meth:`Health.ended`): a target's reported load is as old as its last status check, and
+between two checks the built-in selection would send every call to the target that was the
+least loaded at the last one.
+
+No I/O and no lock: the gateway runs on one event loop, and the request path pays a few dict
+lookups.
 """
 
 from __future__ import annotations
@@ -41,6 +46,17 @@ class Health:
         self.max_seconds = max(max_seconds, seconds)
         self.clock = clock
         self._failing: dict[str, _Failing] = {}
+        #: Target key -> the calls it is answering for this gateway now.
+        self.busy: dict[str, int] = {}
+
+    def began(self, target: Target) -> None:
+        """A call was sent to ``target``; :meth:`ended` follows once, when it is over."""
+        busy = self.busy
+        busy[target.key] = busy.get(target.key, 0) + 1
+
+    def ended(self, target: Target) -> None:
+        """The call sent to ``target`` is over: answered, failed or given up."""
+        self.busy[target.key] -= 1
 
     def failed(self, target: Target) -> None:
         """An attempt at ``target`` failed (a connection error, a timeout, a 5xx, ...)."""

@@ -156,7 +156,7 @@ async def _forward(gateway: Gateway, call: Call, ordered: Sequence[Target], row:
                    leases: Leases | None) -> Answer:
     task = asyncio.current_task(gateway.loop)
     assert task is not None
-    in_flight = gateway.in_flight
+    in_flight, health = gateway.in_flight, gateway.health
     failures: list[Failure] = []
     for target in ordered:
         row.attempts += 1
@@ -164,6 +164,7 @@ async def _forward(gateway: Gateway, call: Call, ordered: Sequence[Target], row:
         upstream: UpstreamResponse | None = None
         first = b""
         in_flight.expire_in(task, min(target.timeouts.first_byte, target.timeouts.total))
+        health.began(target)
         try:
             try:
                 upstream = await gateway.backend(target).dispatch(target, call, gateway)
@@ -173,6 +174,7 @@ async def _forward(gateway: Gateway, call: Call, ordered: Sequence[Target], row:
             finally:
                 in_flight.clear(task)
         except asyncio.CancelledError as e:
+            health.ended(target)
             if upstream is not None:
                 await upstream.aclose()
             if not absorb(e, EXPIRED):
@@ -180,22 +182,27 @@ async def _forward(gateway: Gateway, call: Call, ordered: Sequence[Target], row:
             _failed(gateway, call, failures, Failure(target, "timeout", "no answer in time"))
             continue
         except (TimeoutError, UpstreamError, aiohttp.ClientError, StopAsyncIteration) as e:
+            health.ended(target)
             if upstream is not None:
                 await upstream.aclose()
             _failed(gateway, call, failures, failure_of(target, e))
             continue
         except BaseException:
+            health.ended(target)
             if upstream is not None:
                 await upstream.aclose()
             raise
         if not retry and upstream.chunks is None and upstream.status < 400:
             retry = not looks_like_object(upstream.body)
         if retry:
+            health.ended(target)
             await upstream.aclose()
             _failed(gateway, call, failures, retry_failure(target, upstream))
             continue
-        gateway.health.succeeded(target)
-        if upstream.chunks is not None:
+        health.succeeded(target)
+        if upstream.chunks is None:
+            health.ended(target)  # the whole answer is here; a stream's answer ends it
+        else:
             row.ttft_ms = (time.perf_counter() - row.started) * 1000
         return await Answer.of(gateway, call, target, upstream, first, row, leases)
     raise exhausted(call.model, failures)

@@ -3,7 +3,8 @@
 It runs first (``tryfirst``); other plugins' ``select_target`` then adjust the order it gives.
 Tiers, best first (see docs/federation.md for a worked example):
 
-1. running, least loaded first: the shorter queue, then fewer running requests, then lower
+1. running, least loaded first: the shorter queue, then fewer running requests (what the
+   target last reported, or the calls this gateway has running there now if more), then lower
    KV-cache use; a target that reports none of these goes after those that do;
 2. starting (its job runs, the model is loading);
 3. queued, the shortest wait first: the lower queue position, then the job that has waited
@@ -36,10 +37,16 @@ _DOWN = 4
 #: The tier of a target that is cooled down.
 COOLED = 5
 _INF = float("inf")
+_IDLE: Mapping[str, int] = {}
 
 
-def rank(target: Target, status: Status | None, cooled: bool = False) -> tuple[float, ...]:
-    """``target``'s place: lower goes first. ``(tier, four tie-breaks within it, -weight)``."""
+def rank(target: Target, status: Status | None, cooled: bool = False,
+         busy: int = 0) -> tuple[float, ...]:
+    """``target``'s place: lower goes first. ``(tier, four tie-breaks within it, -weight)``.
+
+    ``busy`` is the calls this gateway has running there now: between two status checks it
+    is a fresher count of running requests than the last check's.
+    """
     if cooled:
         return (COOLED, 0, 0.0, 0.0, 0.0, -target.weight)
     tier = TIERS.get(state_of(target, status), _DOWN)
@@ -47,7 +54,8 @@ def rank(target: Target, status: Status | None, cooled: bool = False) -> tuple[f
         assert status is not None
         load = (status.queue_depth, status.running_requests, status.kv_cache_usage)
         # A target that reports no load at all goes after those whose load is known.
-        return (0, load == _NO_LOAD, *(value or 0.0 for value in load), -target.weight)
+        return (0, load == _NO_LOAD, load[0] or 0.0, max(load[1] or 0.0, busy), load[2] or 0.0,
+                -target.weight)
     if tier == 2:
         facts = model_facts(target, status)
         position, since = facts.get("queue_position"), facts.get("since")
@@ -60,13 +68,15 @@ _NO_LOAD = (None, None, None)
 
 
 def order(candidates: Sequence[Target], statuses: Mapping[str, Status], *,
-          cooled: Collection[str] = (), turn: int = 0) -> list[Target]:
+          cooled: Collection[str] = (), busy: Mapping[str, int] = _IDLE,
+          turn: int = 0) -> list[Target]:
     """``candidates`` best first; equals rotated by ``turn`` (see the module's docstring).
 
-    ``cooled`` holds the keys of the targets cooled down now.
+    ``cooled`` holds the keys of the targets cooled down now, ``busy`` the calls this gateway
+    has running at each (by key).
     """
-    ranked = sorted(((rank(t, statuses.get(t.key), t.key in cooled), t) for t in candidates),
-                    key=lambda pair: pair[0])
+    ranked = sorted(((rank(t, statuses.get(t.key), t.key in cooled, busy.get(t.key, 0)), t)
+                     for t in candidates), key=lambda pair: pair[0])
     found: list[Target] = []
     for _, equal in groupby(ranked, key=lambda pair: pair[0]):
         group = [target for _, target in equal]
@@ -86,4 +96,5 @@ def select_target(model: str, candidates: Sequence[Target], statuses: Mapping[st
     if turns is None:
         turns = gateway.state[_STATE] = {}
     turn = turns[model] = turns.get(model, -1) + 1
-    return order(candidates, statuses, cooled=gateway.health.cooled(), turn=turn)
+    health = gateway.health
+    return order(candidates, statuses, cooled=health.cooled(), busy=health.busy, turn=turn)
