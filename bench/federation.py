@@ -310,11 +310,14 @@ def main(argv: list[str] | None = None) -> None:
     policies: list[Policy] = [FirstProxy(lambda: clock[0]), Random(args.seed), RoundRobin(),
                               OriginalTiers(), AsShipped()]
 
+    nowhere = sum(not any(c.phase(t)[0] == "running" and c.failure(t) is None for c in clusters)
+                  for t in arrivals)
     print(f"{len(arrivals)} requests over {args.hours:g} h ({args.rate:g}/s, "
           f"{args.service:g} s each at full speed), {len(clusters)} clusters "
           f"({', '.join(f'{c.name}: {c.capacity} slots' for c in clusters)}), "
           f"{sum(len(c.failures) for c in clusters)} server failures, polls every "
-          f"{args.poll_interval:g} s, seed {args.seed}.\n")
+          f"{args.poll_interval:g} s, seed {args.seed}. {100 * nowhere / len(arrivals):.2f}% of "
+          "the requests arrive while no server can answer them.\n")
     print("| policy | failed | mean latency | p99 latency | attempts per request |")
     print("|---|---:|---:|---:|---:|")
     for policy in policies:
