@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from first_proxy.builtin.selection import order, rank
+from first_proxy.config import parse_config
+from first_proxy.errors import ConfigError
+from first_proxy.gateway import Gateway
 from first_proxy.health import Health
+from first_proxy.plugins import get_plugin_manager
 from first_proxy.status import combine, model_facts, state_of
 from first_proxy.types import Status, Target
 
@@ -189,3 +195,20 @@ def test_the_worked_example_of_docs_federation_md() -> None:
                    cooled={sophia.key})
     assert names(cooled) == ["polaris-llama", "cloud-llama", "aurora-llama", "local-llama",
                              "sophia-llama"]
+
+
+def test_the_cool_down_and_the_weights_come_from_gateway_yaml() -> None:
+    config = parse_config({
+        "status": {"cooldown_failures": 5, "cooldown_seconds": 10, "cooldown_max_seconds": 40},
+        "models": {MODEL: {"targets": [{"name": "a", "backend": "reference", "weight": 2.5},
+                                       {"name": "b", "backend": "reference"}]}}})
+    gateway = Gateway(config, get_plugin_manager(load_entrypoints=False))
+    health = gateway.health
+    assert (health.threshold, health.seconds, health.max_seconds) == (5, 10.0, 40.0)
+    assert [t.weight for t in config.models[MODEL].targets] == [2.5, 1.0]
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"status": {"cooldown_failures": -1}, "models": {MODEL: {"targets": [
+            {"name": "a", "backend": "reference", "weight": "heavy"}]}}})
+    assert caught.value.problems == [
+        ("status.cooldown_failures", "expected a number >= 0, got -1"),
+        (f"models.{MODEL}.targets[0].weight", "expected a number, got a string 'heavy'")]
