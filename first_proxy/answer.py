@@ -41,6 +41,7 @@ class Answer:
         "_first",
         "_gateway",
         "_leases",
+        "_open",
         "_row",
         "_upstream",
         "body",
@@ -65,6 +66,8 @@ class Answer:
         self.content_type = "application/json"
         #: What a JSON answer says it used (``None`` for streams, until delivered).
         self.usage = self._read_json() if upstream.chunks is None else None
+        #: A stream not yet ended: the target counts it among the calls it answers.
+        self._open = upstream.chunks is not None
 
     @property
     def streaming(self) -> bool:
@@ -153,15 +156,22 @@ class Answer:
                 await self._leases.settle(tee.usage)
             return error
         finally:
+            self._end()
             await upstream.aclose()
             if self._leases is not None and not settled:
                 await self._leases.release()
 
     async def aclose(self) -> None:
         """Give up an answer that will not be delivered (the caller left before it began)."""
+        self._end()
         await self._upstream.aclose()
         if self._leases is not None:
             await self._leases.release()
+
+    def _end(self) -> None:
+        if self._open:
+            self._open = False
+            self._gateway.health.ended(self.target)
 
     def _remaining(self) -> float:
         """Seconds left of the target's total timeout."""

@@ -34,7 +34,7 @@ __all__ = [
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TARGET_KEYS = frozenset(
     {"name", "backend", "url", "api_key", "model", "cluster", "framework", "allowed_groups",
-     "timeouts", "max_connections", "stream_usage"}
+     "timeouts", "max_connections", "stream_usage", "weight"}
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -92,6 +92,12 @@ class LimitsConfig:
 class StatusConfig:
     interval: float = 30.0
     timeout: float = 10.0
+    #: Failures in a row after which a target is cooled down (ranked last); 0: never.
+    cooldown_failures: int = 3
+    #: Seconds a target stays cooled down the first time; doubled after each retry that fails.
+    cooldown_seconds: float = 30.0
+    #: The longest cool-down, however many retries failed.
+    cooldown_max_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -209,7 +215,9 @@ def read_config_data(
     store = r.get(data, "store", str, "", GatewayConfig.store)
     store = _resolve_store(store, base_dir, r)
     limits = r.section(data, "limits", LimitsConfig, {"requests_per_minute": float})
-    status = r.section(data, "status", StatusConfig, {"interval": float, "timeout": float})
+    status = r.section(data, "status", StatusConfig, {
+        "interval": float, "timeout": float, "cooldown_failures": int, "cooldown_seconds": float,
+        "cooldown_max_seconds": float})
     request_log = r.section(data, "request_log", RequestLogConfig, {
         "include_prompts": bool, "flush_interval": float, "batch_size": int, "max_buffer": int})
     auth = _auth(r, r.mapping(data, "auth", "auth"))
@@ -372,6 +380,7 @@ def _target(r: _Reader, model: str, raw: Any, path: str, index: int) -> Target |
         ),
         max_connections=r.get(raw, "max_connections", int, path, 100),
         stream_usage=r.get(raw, "stream_usage", bool, path, True),
+        weight=r.get(raw, "weight", float, path, 1.0),
         options={k: v for k, v in raw.items() if k not in _TARGET_KEYS},
     )
 

@@ -19,6 +19,7 @@ from .accesslog import ACCESS_LOGGER, AccessLog
 from .backends import Backend, registered_backends
 from .config import GatewayConfig, ModelConfig
 from .errors import ConfigError, StartupError, UpstreamError, one_line
+from .health import Health
 from .hooks import Hooks
 from .inflight import SHUTTING_DOWN, InFlight
 from .metrics import Metrics
@@ -45,6 +46,10 @@ class Gateway:
         #: What each target's backend last said of it, and each cluster's plugin of it.
         self.target_statuses: dict[str, Status] = {}
         self.cluster_statuses: dict[str, Status] = {}
+        #: Failures in a row per target, and the cool-downs they earn (the pipeline reports
+        #: every attempt; the built-in selection ranks a cooled-down target last).
+        self.health = Health(config.status.cooldown_failures, config.status.cooldown_seconds,
+                             config.status.cooldown_max_seconds)
         #: Cluster name -> its maintenance message, for clusters under maintenance.
         self.maintenance: dict[str, str] = {
             name: str(settings["maintenance"]) for name, settings in config.clusters.items()
@@ -96,6 +101,13 @@ class Gateway:
 
     def model(self, name: str) -> ModelConfig | None:
         return self.config.models.get(name)
+
+    def clusters(self) -> list[str]:
+        """Every cluster: those under ``clusters:`` in file order, then those only targets
+        name (``local``, say)."""
+        found = dict.fromkeys(self.config.clusters)
+        found.update(dict.fromkeys(t.cluster for t in self.config.targets()))
+        return list(found)
 
     def backend(self, target: Target) -> Backend:
         """The object serving ``target``'s backend."""
@@ -234,7 +246,7 @@ class Gateway:
 
     def _combine(self, target: Target) -> None:
         status = combine(self.target_statuses.get(target.key),
-                         self.cluster_statuses.get(target.cluster))
+                         self.cluster_statuses.get(target.cluster), target.upstream_model)
         if status is None:
             return
         self.statuses[target.key] = status

@@ -185,7 +185,12 @@ def select_target(
     :attr:`Target.key` to the target's latest :class:`~first_proxy.Status` (its own and its
     cluster's together; a target never checked is missing). Return the candidates in the order
     to try them (the first is the choice, the rest the failover order; leave one out to rule
-    it out), or ``None`` to keep the order as it is. Never do I/O here.
+    it out), or ``None`` to keep the order as it is. Never do I/O on every call; a plugin that
+    must (a cold start submitting a job) does it only when no target can serve.
+
+    It may raise a :class:`~first_proxy.errors.ProxyError` to refuse with its own answer (a 503
+    with ``Retry-After`` saying where the model is starting, say): the caller gets it as it is,
+    and the later plugins are not asked.
 
     **Combines:** a chain: each plugin receives the order the previous one returned.
     """
@@ -201,9 +206,13 @@ def report_status(cluster: str, settings: Mapping[str, Any], targets: Sequence[T
     Called in the background once per cluster every ``status.interval`` seconds, never on the
     request path. The :class:`~first_proxy.Status` applies to every target in ``targets``
     (those with that ``cluster:``): ``models`` maps a model name to its state there
-    (``running``, ``starting``, ``queued``, ``held``, ``failed``, ``stopped``). Raising counts
-    as the cluster's state being unknown, with the exception's text as ``last_error``. A plugin
-    that learns of a change sooner calls ``gateway.push_status(cluster, status)``.
+    (``running``, ``starting``, ``queued``, ``held``, ``failed``, ``stopped``); a model it
+    does not list is taken as ``stopped`` there. ``detail["models"][name]`` may add facts:
+    ``jobs``, ``since``, ``nodes``, ``queue_position``, ``expected_start``, ``reason`` (see
+    :mod:`first_proxy.status`); the built-in selection puts the shortest wait first by them.
+    Raising counts as the cluster's state being unknown, with the exception's text as
+    ``last_error``. A plugin that learns of a change sooner calls
+    ``gateway.push_status(cluster, status)``.
 
     A target's own health (is its server up, how loaded) comes from its backend's ``status``.
 

@@ -6,7 +6,11 @@ of its lines through it the same way.
 
 Failover happens only while nothing has reached the caller: a connection error, a timeout,
 a 401, 403, 429 or 5xx, or a success that is not a JSON object moves the call to the next
-target. Once a stream has begun, an upstream failure ends it with an error event.
+target. Once a stream has begun, an upstream failure ends it with an error event. Each
+attempt's outcome goes to ``gateway.health``, whose cool-downs the built-in selection reads.
+
+A ``select_target`` implementation may refuse the call with a ProxyError of its own (a 503
+saying where the model is starting, say); it reaches the caller as it is.
 """
 
 from __future__ import annotations
@@ -157,7 +161,7 @@ async def _forward(gateway: Gateway, call: Call, ordered: Sequence[Target], row:
                    leases: Leases | None) -> Answer:
     task = asyncio.current_task(gateway.loop)
     assert task is not None
-    in_flight, metrics = gateway.in_flight, gateway.metrics
+    in_flight, health = gateway.in_flight, gateway.health
     failures: list[Failure] = []
     for target in ordered:
         row.attempts += 1
@@ -165,6 +169,7 @@ async def _forward(gateway: Gateway, call: Call, ordered: Sequence[Target], row:
         upstream: UpstreamResponse | None = None
         first = b""
         in_flight.expire_in(task, min(target.timeouts.first_byte, target.timeouts.total))
+        health.began(target)
         try:
             try:
                 upstream = await gateway.backend(target).dispatch(target, call, gateway)
@@ -174,34 +179,46 @@ async def _forward(gateway: Gateway, call: Call, ordered: Sequence[Target], row:
             finally:
                 in_flight.clear(task)
         except asyncio.CancelledError as e:
+            health.ended(target)
             if upstream is not None:
                 await upstream.aclose()
             if not absorb(e, EXPIRED):
                 raise
-            failures.append(Failure(target, "timeout", "no answer in time"))
-            metrics.upstream_error(call.model, target.name, "timeout")
+            _failed(gateway, call, failures, Failure(target, "timeout", "no answer in time"))
             continue
         except (TimeoutError, UpstreamError, aiohttp.ClientError, StopAsyncIteration) as e:
+            health.ended(target)
             if upstream is not None:
                 await upstream.aclose()
-            failures.append(failure_of(target, e))
-            metrics.upstream_error(call.model, target.name, failures[-1].kind)
+            _failed(gateway, call, failures, failure_of(target, e))
             continue
         except BaseException:
+            health.ended(target)
             if upstream is not None:
                 await upstream.aclose()
             raise
         if not retry and upstream.chunks is None and upstream.status < 400:
             retry = not looks_like_object(upstream.body)
         if retry:
-            failures.append(retry_failure(target, upstream))
+            health.ended(target)
             await upstream.aclose()
-            metrics.upstream_error(call.model, target.name, failures[-1].kind)
+            _failed(gateway, call, failures, retry_failure(target, upstream))
             continue
-        if upstream.chunks is not None:
+        health.succeeded(target)
+        if upstream.chunks is None:
+            health.ended(target)  # the whole answer is here; a stream's answer ends it
+        else:
             row.ttft_ms = (time.perf_counter() - row.started) * 1000
         answer = Answer(gateway, call, target, upstream, first, row, leases)
         if leases is not None and not answer.streaming:
             await leases.settle(answer.usage)
         return answer
     raise exhausted(call.model, failures)
+
+
+def _failed(gateway: Gateway, call: Call, failures: list[Failure], failure: Failure) -> None:
+    """Count a failed attempt; all but a busy target's (429) count towards its cool-down."""
+    failures.append(failure)
+    gateway.metrics.upstream_error(call.model, failure.target.name, failure.kind)
+    if failure.kind != "busy":
+        gateway.health.failed(failure.target)

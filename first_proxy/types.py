@@ -77,6 +77,8 @@ class Target:
     max_connections: int = 100
     #: Ask streaming upstreams for a final usage chunk (hidden from callers who did not ask).
     stream_usage: bool = True
+    #: Among targets equally good for a call, the higher weight goes first.
+    weight: float = 1.0
     #: Backend-specific settings: every key of the target the core does not know.
     options: Mapping[str, Any] = field(default_factory=dict)
     #: A name unique across the gateway: ``model/target``.

@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes, under /v1/ and the FIRST-compatible /resource_server/ prefix."""
+"""OpenAI-compatible routes, under /v1/ and the FIRST-compatible /resource_server/ prefix,
+and FIRST's discovery routes (list-endpoints, whoami, a cluster's jobs and models, status)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from aiohttp import hdrs, web
 
 from ..errors import PluginError
 from ..keys import GATEWAY
-from . import inference, models, ops
+from . import clusters, inference, models, ops, whoami
 from .errors import openai_errors, unknown_route, wrong_method
 from .incoming import expect_continue, expect_no_body
 from .plugin_routes import plugin_handler
@@ -26,10 +27,15 @@ def setup_routes(app: web.Application) -> None:
         for endpoint, handler in inference.HANDLERS.items():
             router.add_post(f"{prefix}/{endpoint}", handler, expect_handler=expect_continue)
     gets = {"/health": ops.health, "/metrics": ops.metrics, "/status": ops.status,
-            "/resource_server/status": ops.status}
+            "/resource_server/status": clusters.cluster_status,
+            "/resource_server/list-endpoints": clusters.list_endpoints,
+            "/resource_server/whoami": whoami.whoami}
     for prefix in PREFIXES:
         gets[f"{prefix}/models"] = models.list_models
         gets[prefix + "/models/{model:.+}"] = models.get_model
+    # After the plain paths above, which win: /resource_server/v1/models is not a cluster's.
+    gets["/resource_server/{cluster}/jobs"] = clusters.cluster_jobs
+    gets["/resource_server/{cluster}/models"] = clusters.cluster_models
     for path, get in gets.items():
         router.add_get(path, openai_errors(get), expect_handler=expect_no_body)
     _add_plugin_routes(app)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..keys import GATEWAY
+from ..status import state_of
+from .access import usable_targets
 from .incoming import authenticate
 
 __all__ = ["health", "metrics", "status"]
@@ -21,23 +23,20 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """Every model the caller may see, each target's backend, place and last status."""
+    """Every model the caller may see, each target's backend, place, state and last status,
+    and its failures in a row when it has any (``cooldown``)."""
     gateway = request.app[GATEWAY]
     identity = await authenticate(request, gateway)
     models = []
-    for model in gateway.config.models.values():
-        if await gateway.hooks.authorize(identity, model.name, None) is not None:
-            continue
-        targets = []
-        for target in model.targets:
-            if await gateway.hooks.authorize(identity, model.name, target) is not None:
-                continue
+    for name, targets in (await usable_targets(gateway, identity)).items():
+        shown = []
+        for target in targets:
             found = gateway.statuses.get(target.key)
-            targets.append({
+            shown.append({
                 "name": target.name, "backend": target.backend, "cluster": target.cluster,
-                "framework": target.framework,
+                "framework": target.framework, "state": state_of(target, found),
                 "status": found.as_dict() if found is not None else None,
+                "cooldown": gateway.health.state(target),
             })
-        if targets:
-            models.append({"model": model.name, "targets": targets})
+        models.append({"model": name, "targets": shown})
     return web.json_response({"models": models})

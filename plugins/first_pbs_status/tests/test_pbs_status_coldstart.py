@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from first_pbs_status.coldstart import ColdStart, ColdStarter, MemoryClaims, parse_job_id
+from first_pbs_status.claims import MemoryClaims
+from first_pbs_status.coldstart import ColdStart, ColdStarter, parse_job_id
 from first_pbs_status.poller import StatusPoller
 from first_pbs_status.settings import read_clusters
 
@@ -78,7 +79,7 @@ async def test_twenty_concurrent_requests_submit_one_job(
     first, = (a for a in answers if a.submitted)
     assert first.message() == (
         f"{MODEL} is not running yet: job 8400.polaris-pbs-01 was submitted on polaris to start "
-        "it. Retry in 60 s; GET /status shows its progress.")
+        "it. Retry in 60 s; GET /resource_server/polaris/jobs shows its progress.")
 
     # The scheduler lists the job: callers hear where it waits, and still no second job.
     scheduler.answer("qstat", (DATA / "qstat-2022.1-queued-held.json").read_text())
@@ -103,7 +104,7 @@ async def test_two_gateway_processes_sharing_claims_submit_one_job(
     elsewhere = next(a for a in answers if a.job_id is None)
     assert elsewhere.message() == (
         f"{MODEL} is not running yet: a job was submitted on polaris to start it. Retry in "
-        "60 s; GET /status shows its progress.")
+        "60 s; GET /resource_server/polaris/jobs shows its progress.")
 
 
 async def test_nothing_is_submitted_for_a_model_that_runs(
@@ -260,12 +261,13 @@ def test_messages_say_where_and_how_far() -> None:
                        queue_position=2, since=1000.0, expected_start=9000.0, retry_after=90)
     assert queued.message(now=1300.0) == (
         "m is starting on polaris: job 8202.s is queued (position 2 in its queue, waiting 5 min, "
-        "expected to start in 2 h 8 min). Retry in 90 s; GET /status shows its progress.")
+        "expected to start in 2 h 8 min). Retry in 90 s; GET /resource_server/polaris/jobs "
+        "shows its progress.")
     starting = ColdStart(model="m", cluster="sophia", state="starting", job_id="5201",
                          since=1000.0)
     assert starting.message(now=1045.0) == (
         "m is starting on sophia: job 5201 has run for 45 s and the model is loading. Retry in "
-        "60 s; GET /status shows its progress.")
+        "60 s; GET /resource_server/sophia/jobs shows its progress.")
 
 
 def test_a_cold_start_is_a_503_with_retry_after() -> None:
@@ -276,7 +278,7 @@ def test_a_cold_start_is_a_503_with_retry_after() -> None:
     assert (response.status, response.headers["Retry-After"]) == (503, "45")
     assert json.loads(error.body()) == {"error": {
         "message": "m is not running yet: job 8400.s was submitted on polaris to start it. "
-                   "Retry in 45 s; GET /status shows its progress.",
+                   "Retry in 45 s; GET /resource_server/polaris/jobs shows its progress.",
         "type": "service_unavailable", "param": None, "code": "model_starting"}}
     failed = ColdStart(model="m", cluster="polaris", state="failed", reason="qsub: no")
     assert failed.as_error().code == "model_start_failed"

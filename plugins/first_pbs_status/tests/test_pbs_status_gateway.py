@@ -126,7 +126,8 @@ async def test_the_plugin_loads_through_its_entry_point(
     rows = {row["name"]: row for row in list_plugins(get_plugin_manager())}
     assert rows["first_pbs_status"]["version"] == "0.1.0"
     assert rows["first_pbs_status"]["hooks"] == [
-        "check_config", "lifespan", "register_commands", "report_status"]
+        "check_config", "lifespan", "register_commands", "register_migrations", "report_status",
+        "select_target"]
     server = await make_gateway(config(reference_upstream), plugins=[ReferenceBackend()],
                                 load_entrypoints=True)
     status = await eventually(lambda: _up(server.gateway.statuses.get(f"{MODEL}/polaris-vllm")))
@@ -198,15 +199,16 @@ async def test_the_status_command_prints_clusters_jobs_and_targets(
     clusters, jobs, targets = (
         [" ".join(line.split()) for line in table.splitlines()]
         for table in output.strip().split("\n\n"))
-    assert clusters[0] == "cluster scheduler state free nodes checked version or error"
-    assert clusters[2].startswith("polaris pbs up 3 ")
+    assert clusters[0] == ("cluster state scheduler free nodes checked maintenance, version or "
+                           "error")
+    assert clusters[2].startswith("polaris up pbs 3 ")
     assert clusters[2].endswith(" ago PBS 2022.1.1.20220926110806")
     assert jobs[0] == "cluster model state jobs facts"
+    # Only the models the gateway serves: the others running there are not the caller's.
+    assert len(jobs) == 3
     assert jobs[2].startswith(f"polaris {MODEL} running 8101.polaris-pbs-01.example.org for ")
     assert jobs[2].endswith(" on 2 node(s)")
-    # A model the gateway does not serve, running there too, as its job names it:
-    assert jobs[3].startswith("polaris Mistral-7B-Instruct-v0.3 running 8105.")
-    assert targets == ["model target backend cluster state", targets[1],
+    assert targets == ["model target backend cluster state cool-down", targets[1],
                        f"{MODEL} polaris-vllm reference polaris running"]
 
 
@@ -228,7 +230,7 @@ async def test_the_status_command_without_a_gateway() -> None:
     code, output = await status_in_process("--url", f"http://127.0.0.1:{port}",
                                            "--api-key", TEST_KEY)
     assert code == 1
-    assert f"Error: cannot reach http://127.0.0.1:{port}/status" in output
+    assert f"Error: cannot reach http://127.0.0.1:{port}/resource_server/status" in output
     assert "Is the gateway running there? (--url or FIRST_PROXY_URL)" in output
 
 
@@ -239,4 +241,4 @@ async def test_the_status_command_with_a_wrong_key(
                                 plugins=[ReferenceBackend(), first_pbs_status])
     code, output = await status_in_process("--url", server.url, "--api-key", "sk-wrong-key")
     assert code == 1
-    assert output.startswith(f"Error: {server.url}/status answered 401: ")
+    assert output.startswith(f"Error: {server.url}/resource_server/status answered 401: ")

@@ -9,16 +9,18 @@ model, and reports that as the status of every target on the cluster. A cluster 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import click
 
-from first_proxy import Gateway, GatewayConfig, Status, hookimpl
+from first_proxy import Gateway, GatewayConfig, Status, Target, hookimpl
 from first_proxy.errors import ConfigError
+from first_proxy.status import state_of
 
+from .claims import MIGRATIONS, Claims, MemoryClaims, StoreClaims
 from .cli import status_command
-from .coldstart import Claims, ColdStart, ColdStarter, MemoryClaims
+from .coldstart import ColdStart, ColdStarter
 from .commands import CommandResult, CommandRunner, LocalRunner
 from .jobs import Snapshot
 from .poller import StatusPoller
@@ -38,8 +40,10 @@ __all__ = [
     "Running",
     "Snapshot",
     "StatusPoller",
+    "StoreClaims",
     "running",
 ]
+
 
 @dataclass(frozen=True)
 class Running:
@@ -57,8 +61,10 @@ async def running(gateway: Gateway) -> AsyncIterator[Running]:
     if problems:
         raise ConfigError(gateway.config.source, problems)
     publish = lambda snapshot: gateway.push_status(snapshot.cluster, snapshot.status())  # noqa: E731
+    # Claims in the store: of the gateway processes sharing it, one submits each cold start.
+    claims = StoreClaims(gateway.store) if gateway.store is not None else None
     async with StatusPoller(clusters, on_update=publish) as poller:
-        state = gateway.state[NAME] = Running(poller, ColdStarter(poller))
+        state = gateway.state[NAME] = Running(poller, ColdStarter(poller, claims))
         try:
             yield state
         finally:
@@ -68,6 +74,11 @@ async def running(gateway: Gateway) -> AsyncIterator[Running]:
 @hookimpl
 def check_config(config: GatewayConfig) -> list[tuple[str, str]]:
     return read_clusters(config)[1]
+
+
+@hookimpl
+def register_migrations(register: Callable[[str, Sequence[str]], None]) -> None:
+    register(NAME, MIGRATIONS)
 
 
 @hookimpl
@@ -88,6 +99,31 @@ def report_status(cluster: str, gateway: Gateway) -> Status | None:
                       "query yet", detail={"cluster": cluster, "scheduler": scheduler,
                                            "state": "unknown"})
     return snapshot.status()
+
+
+@hookimpl
+def select_target(model: str, candidates: Sequence[Target], statuses: Mapping[str, Status],
+                  gateway: Gateway) -> Awaitable[None] | None:
+    """The order as it is while a target may serve; when none may, a cold start: the model is
+    started where it can be (once), and the caller gets a 503 saying where and how far."""
+    state: Running | None = gateway.state.get(NAME)
+    if state is None or not candidates:
+        return None
+    ours = state.poller.pollers
+    for target in candidates:
+        found = state_of(target, statuses.get(target.key))
+        # Running, or not known otherwise on a cluster this plugin does not watch (a
+        # provider's API, say): it is tried.
+        if found == "running" or (found == "unknown" and target.cluster not in ours):
+            return None
+    return _cold_start(state.cold_starts, model, candidates, statuses)
+
+
+async def _cold_start(starter: ColdStarter, model: str, candidates: Sequence[Target],
+                      statuses: Mapping[str, Status]) -> None:
+    start = await starter.start(model, candidates, statuses)
+    if start is not None:
+        raise start.as_error()
 
 
 @hookimpl

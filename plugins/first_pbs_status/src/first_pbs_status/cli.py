@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -21,36 +22,37 @@ __all__ = ["status_command"]
 @click.option("--api-key", envvar="FIRST_PROXY_API_KEY", required=True,
               help="A key the gateway accepts (or set FIRST_PROXY_API_KEY).")
 def status_command(url: str, api_key: str) -> None:
-    """Show the clusters, the model jobs on them and every target, from GET /status."""
-    data = _fetch(url.rstrip("/") + "/status", api_key)
+    """Show the clusters, the model jobs on them and every target, as the gateway sees them
+    (GET /resource_server/status, /resource_server/{cluster}/jobs and /status)."""
+    base = url.rstrip("/")
     now = time.time()
-    targets = [(entry.get("model", "?"), target) for entry in data.get("models", [])
-               for target in entry.get("targets", [])]
-    clusters: dict[str, dict[str, Any]] = {}
-    for _, target in targets:
-        status = target.get("status") or {}
-        detail = status.get("detail") or {}
-        if detail.get("scheduler") and target.get("cluster") not in clusters:
-            clusters[target["cluster"]] = status
+    clusters = _fetch(f"{base}/resource_server/status", api_key).get("clusters", {})
     if clusters:
-        _table(["cluster", "scheduler", "state", "free nodes", "checked", "version or error"],
-               [[name, s["detail"]["scheduler"], s["detail"].get("state", "?"),
-                 _text(s["detail"].get("free_nodes")), _ago(s.get("checked_at"), now),
-                 s.get("last_error") or s["detail"].get("version") or ""]
-                for name, s in clusters.items()])
-        jobs = [[name, model, state.get("state", "?"), ", ".join(state.get("jobs", [])),
-                 _facts(state, now)]
-                for name, s in clusters.items()
-                for model, state in (s["detail"].get("models") or {}).items()]
+        _table(["cluster", "state", "scheduler", "free nodes", "checked",
+                "maintenance, version or error"],
+               [[name, c.get("state", "?"), c.get("scheduler") or "-", _text(c.get("free_nodes")),
+                 _ago(c.get("checked_at"), now),
+                 c.get("maintenance") or c.get("last_error") or c.get("version") or ""]
+                for name, c in clusters.items()])
         click.echo()
-        if jobs:
-            _table(["cluster", "model", "state", "jobs", "facts"], jobs)
-        else:
-            click.echo("No model jobs on these clusters.")
+    jobs = []
+    for name, cluster in clusters.items():
+        if not cluster.get("scheduler"):
+            continue
+        found = _fetch(f"{base}/resource_server/{urllib.parse.quote(name, safe='')}/jobs",
+                       api_key)
+        jobs += [[name, entry["model"], entry["state"], ", ".join(entry.get("jobs", [])),
+                  _facts(entry, now)]
+                 for bucket in ("running", "starting", "queued", "stopped", "unknown")
+                 for entry in found.get(bucket, [])]
+    if jobs:
+        _table(["cluster", "model", "state", "jobs", "facts"], jobs)
         click.echo()
-    _table(["model", "target", "backend", "cluster", "state"],
-           [[model, t.get("name", "?"), t.get("backend", "?"), t.get("cluster", "?"),
-             _target_state(model, t.get("status"))] for model, t in targets])
+    models = _fetch(f"{base}/status", api_key).get("models", [])
+    _table(["model", "target", "backend", "cluster", "state", "cool-down"],
+           [[entry.get("model", "?"), t.get("name", "?"), t.get("backend", "?"),
+             t.get("cluster", "?"), t.get("state", "?"), _cooldown(t.get("cooldown"))]
+            for entry in models for t in entry.get("targets", [])])
 
 
 def _fetch(url: str, api_key: str) -> dict[str, Any]:
@@ -82,14 +84,12 @@ def _facts(state: dict[str, Any], now: float) -> str:
     return state.get("reason") or ""
 
 
-def _target_state(model: str, status: dict[str, Any] | None) -> str:
-    if status is None:
-        return "not checked yet"
-    scheduler = (status.get("detail") or {}).get("scheduler")
-    if not status.get("reachable"):
-        return f"{'unknown' if scheduler else 'down'}: {status.get('last_error') or '?'}"
-    models = status.get("models") or {}
-    return models.get(model, "no job") if scheduler else models.get(model) or "up"
+def _cooldown(cooldown: dict[str, Any] | None) -> str:
+    if not cooldown:
+        return ""
+    left = cooldown.get("cooldown_left") or 0
+    failures = f"{cooldown.get('failures', '?')} failure(s) in a row"
+    return f"{failures}, retried in {duration(left)}" if left else failures
 
 
 def _ago(when: float | None, now: float, suffix: str = " ago") -> str:

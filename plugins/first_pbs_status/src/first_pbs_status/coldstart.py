@@ -4,8 +4,8 @@ A cluster with ``cold_start.template`` may start the models it serves. No second
 submitted for a model on a cluster while one is submitted, queued or starting there, however
 many requests ask at once: within a process, one submission per model runs at a time and the
 others wait for its outcome; across gateway processes, a submission first takes a
-:class:`Claims` entry for the model and cluster (kept in memory here; a store shared by the
-processes can hold them instead).
+:class:`~.claims.Claims` entry for the model and cluster, kept in the store the processes
+share (:class:`~.claims.StoreClaims`).
 """
 
 from __future__ import annotations
@@ -19,54 +19,22 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 from first_proxy import Status, Target
 from first_proxy.errors import NoTargetAvailable
 
+from .claims import Claims, MemoryClaims
 from .commands import CommandError, shown
 from .jobs import FAILED, HELD, QUEUED, RUNNING, STARTING, ModelState, duration
 from .poller import StatusPoller
 from .settings import ClusterSettings
 
-__all__ = ["Claims", "ColdStart", "ColdStarter", "MemoryClaims", "parse_job_id", "render"]
+__all__ = ["ColdStart", "ColdStarter", "parse_job_id", "render"]
 
 log = logging.getLogger("first_pbs_status")
 
 SUBMITTED = "submitted"
 _ORDER = {STARTING: 0, SUBMITTED: 1, QUEUED: 2, HELD: 3}
-
-
-class Claims(Protocol):
-    """Who is starting which model where: one holder per key at a time, until ``ttl`` runs out."""
-
-    async def claim(self, key: str, owner: str, ttl: float) -> bool:
-        """Take ``key`` for ``owner`` for ``ttl`` seconds; False if another owner holds it."""
-        ...
-
-    async def release(self, key: str, owner: str) -> None:
-        """Give ``key`` back, if ``owner`` holds it."""
-        ...
-
-
-class MemoryClaims:
-    """:class:`Claims` within one process."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._held: dict[str, tuple[str, float]] = {}
-        self._clock = clock
-
-    async def claim(self, key: str, owner: str, ttl: float) -> bool:
-        now = self._clock()
-        held = self._held.get(key)
-        if held is not None and held[0] != owner and held[1] > now:
-            return False
-        self._held[key] = (owner, now + ttl)
-        return True
-
-    async def release(self, key: str, owner: str) -> None:
-        if self._held.get(key, ("",))[0] == owner:
-            del self._held[key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +81,8 @@ class ColdStart:
                     f"{_age(self.since, now)} and the model is loading")
         else:
             text = f"{self.model} is not running yet: {job or 'a job'} was submitted {on} to start it"
-        return f"{text}. Retry in {round(self.retry_after)} s; GET /status shows its progress."
-
+        return (f"{text}. Retry in {round(self.retry_after)} s; GET "
+                f"/resource_server/{self.cluster}/jobs shows its progress.")
 
     def as_error(self) -> NoTargetAvailable:
         """The 503 to answer with: this message, ``Retry-After``, code ``model_starting``."""
@@ -249,7 +217,10 @@ class ColdStarter:
                           retry_after=cold.retry_after)
         key = f"{settings.name}/{model}"
         if not await self.claims.claim(key, self.owner, cold.claim_ttl):
-            return start  # another gateway process submitted it
+            # Another gateway process submitted it. Until the scheduler lists the job, this
+            # one answers so without asking the store again for ``retry_after`` seconds.
+            self._pending[(settings.name, model)] = _Pending(start, now, now + cold.retry_after)
+            return start
         try:
             job_id = await self._run_submit(settings, model)
         except (OSError, CommandError, ValueError) as e:
