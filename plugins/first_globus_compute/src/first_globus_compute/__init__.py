@@ -18,6 +18,7 @@ from .auth_hooks import (
     check_globus_auth_config,
     globus_auth_lifespan,
 )
+from .backend import run_function
 from .plugin import check_config, register_backends, register_routes
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "globus_auth_lifespan",
     "register_backends",
     "register_routes",
+    "run_function",
 ]

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from globus_compute_sdk import Executor
     from globus_compute_sdk.sdk.asynchronous.compute_future import ComputeFuture
 
-__all__ = ["GlobusComputeBackend", "Runtime"]
+__all__ = ["GlobusComputeBackend", "Runtime", "run_function"]
 
 log = logging.getLogger("first_globus_compute")
 
@@ -298,3 +298,31 @@ def _no_answer(target: Target) -> TimeoutError:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+async def run_function(gateway: Gateway, endpoint: str, function: str, args: tuple[Any, ...],
+                       time_limit: float) -> Any:
+    """The result of the registered ``function(*args)`` on Compute ``endpoint``, through the
+    gateway's executors; for other plugins (first_pbs_status's ``via: globus_compute``).
+
+    Raises ``RuntimeError`` when the plugin is not running, ``TimeoutError`` after ``time_limit``
+    seconds, and :class:`~first_proxy.UpstreamError` saying what failed otherwise.
+    """
+    runtime: Runtime | None = gateway.state.get(RUNTIME)
+    if runtime is None:
+        raise RuntimeError("first_globus_compute is not running in this gateway")
+    try:
+        executor, future = await runtime.executors.submit(endpoint, function, args)
+    except UpstreamError:
+        raise
+    except Exception as e:
+        raise UpstreamError(describe(e, endpoint).message) from None
+    try:
+        return await _within(_settled(future), time_limit)
+    except TimeoutError:
+        raise
+    except Exception as e:
+        failure = describe(e, endpoint)
+        if failure.replace_executor:
+            runtime.executors.retire(endpoint, executor)
+        raise UpstreamError(failure.message) from None

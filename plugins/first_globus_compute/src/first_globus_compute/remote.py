@@ -154,10 +154,12 @@ def inference(endpoint: str, body: str, api_port: int, timeout: float,
                 "body": rest}
 
 
-def scheduler_status(command: "list | str", timeout: float = 60.0) -> dict:
+def scheduler_status(command: "list | str", timeout: float = 60.0,
+                     stdin: "str | None" = None) -> dict:
     """Run a scheduler query on the cluster (``qstat -f -F json``, ``squeue --json``).
 
-    Returns ``{"returncode", "stdout", "stderr"}``; a command that does not exist answers
+    ``stdin`` is the command's input (a job script for ``qsub``). Returns
+    ``{"returncode", "stdout", "stderr"}``; a command that does not exist answers
     127 and one that runs past ``timeout`` seconds 124, as a shell would.
     """
     import shlex
@@ -167,7 +169,8 @@ def scheduler_status(command: "list | str", timeout: float = 60.0) -> dict:
     if not argv:
         return {"returncode": 2, "stdout": "", "stderr": "no command given"}
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              input=stdin)
     except FileNotFoundError:
         return {"returncode": 127, "stdout": "", "stderr": f"{argv[0]}: command not found"}
     except subprocess.TimeoutExpired:

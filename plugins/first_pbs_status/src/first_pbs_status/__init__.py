@@ -21,10 +21,10 @@ from first_proxy.status import state_of
 from .claims import MIGRATIONS, Claims, MemoryClaims, StoreClaims
 from .cli import status_command
 from .coldstart import ColdStart, ColdStarter
-from .commands import CommandResult, CommandRunner, LocalRunner
+from .commands import CommandResult, CommandRunner, ComputeRunner, LocalRunner
 from .jobs import Snapshot
 from .poller import StatusPoller
-from .settings import check_files, read_clusters
+from .settings import ClusterSettings, check_files, read_clusters
 
 NAME = "first_pbs_status"
 
@@ -63,7 +63,13 @@ async def running(gateway: Gateway) -> AsyncIterator[Running]:
     publish = lambda snapshot: gateway.push_status(snapshot.cluster, snapshot.status())  # noqa: E731
     # Claims in the store: of the gateway processes sharing it, one submits each cold start.
     claims = StoreClaims(gateway.store) if gateway.store is not None else None
-    async with StatusPoller(clusters, on_update=publish) as poller:
+    def runner_for(cluster: ClusterSettings) -> CommandRunner:
+        if cluster.via == "globus_compute":
+            assert cluster.endpoint is not None and cluster.status_function is not None
+            return ComputeRunner(gateway, cluster.endpoint, cluster.status_function)
+        return LocalRunner()
+
+    async with StatusPoller(clusters, on_update=publish, runner_for=runner_for) as poller:
         state = gateway.state[NAME] = Running(poller, ColdStarter(poller, claims))
         try:
             yield state

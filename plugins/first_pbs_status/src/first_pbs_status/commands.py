@@ -14,7 +14,7 @@ import shlex
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["CommandError", "CommandResult", "CommandRunner", "LocalRunner", "shown"]
 
@@ -69,6 +69,30 @@ class LocalRunner:
                     os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
         return CommandResult(process.returncode or 0, stdout, stderr)
+
+
+class ComputeRunner:
+    """Runs commands on the cluster through Globus Compute: each one is a task of the
+    first_globus_compute plugin's ``scheduler_status`` function on the cluster's endpoint."""
+
+    def __init__(self, gateway: Any, endpoint: str, function: str) -> None:
+        self.gateway, self.endpoint, self.function = gateway, endpoint, function
+
+    async def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
+                  time_limit: float) -> CommandResult:
+        from first_globus_compute import run_function
+
+        given = stdin.decode() if stdin is not None else None
+        try:
+            # The task gets the time limit too, and the gateway waits a little longer for it.
+            result = await run_function(self.gateway, self.endpoint, self.function,
+                                        (list(argv), time_limit, given), time_limit + 30.0)
+        except Exception as e:
+            raise CommandError(f"`{shown(argv)}` through Globus Compute: {e}") from None
+        if not isinstance(result, dict) or not isinstance(result.get("returncode"), int):
+            raise CommandError(f"`{shown(argv)}` through Globus Compute gave no result")
+        return CommandResult(result["returncode"], str(result.get("stdout", "")).encode(),
+                             str(result.get("stderr", "")).encode())
 
 
 def shown(argv: Sequence[str]) -> str:

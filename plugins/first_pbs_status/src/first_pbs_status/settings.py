@@ -72,6 +72,11 @@ class ClusterSettings:
     #: IANA name of the PBS host's time zone (PBS prints local times); ``None``: this host's.
     timezone: str | None = None
     cold_start: ColdStartSettings | None = None
+    #: Where the commands run: ``local`` (by subprocess, here) or ``globus_compute`` (on the
+    #: cluster, through the registered ``status_function`` on its Compute ``endpoint``).
+    via: str = "local"
+    endpoint: str | None = None
+    status_function: str | None = None
 
 
 def read_clusters(config: GatewayConfig) -> tuple[list[ClusterSettings], list[tuple[str, str]]]:
@@ -160,12 +165,16 @@ def _cluster(name: str, entry: Mapping[str, Any], config: GatewayConfig,
                            f"{scheduler} (use {commands['jobs'][0]}, {commands['nodes'][0]}, "
                            f"{commands['submit'][0]})")
     via = entry.get("via", "local")
+    endpoint = function = None
     if via == "globus_compute":
-        r.problem("via", "through Globus Compute, the scheduler is asked by the "
-                         "first_globus_compute plugin's status function, which this version "
-                         "cannot use yet; run the commands from here instead, e.g. "
-                         f"{commands['jobs'][0]}: [ssh, login1, "
-                         f"{', '.join(commands['jobs'][1])}]")
+        endpoint, function = r.text(entry, "endpoint"), r.text(entry, "status_function")
+        if endpoint is None or function is None:
+            r.problem("via", "through Globus Compute the cluster needs endpoint (its Compute "
+                             "endpoint's UUID) and status_function (the scheduler_status "
+                             "function `first-globus-compute register` printed)")
+        if "first_globus_compute" not in config.plugins:
+            r.problem("via", "needs the first_globus_compute plugin and its settings "
+                             "(plugins.first_globus_compute: client_id, client_secret)")
     elif via != "local":
         r.problem("via", f"expected local or globus_compute, got {via!r}")
     if scheduler == "slurm" and "timezone" in entry:
@@ -194,6 +203,7 @@ def _cluster(name: str, entry: Mapping[str, Any], config: GatewayConfig,
         rules=rules, names=names,
         timezone=r.text(entry, "timezone") if scheduler == "pbs" else None,
         cold_start=_cold_start(entry, config, names, targets, r),
+        via=via, endpoint=endpoint, status_function=function,
     )
     return settings if r.clean else None
 
