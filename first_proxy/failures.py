@@ -32,7 +32,7 @@ class Failure:
 def retry_failure(target: Target, upstream: UpstreamResponse) -> Failure:
     status = upstream.status
     if status == 429:
-        return Failure(target, "busy", f"HTTP 429: {target.redact(upstream_message(upstream.body))}")
+        return Failure(target, "busy", f"HTTP 429: {target.redact(_upstream_error(upstream.body)[0])}")
     if status in (401, 403):
         return Failure(target, "credential", f"HTTP {status}: the target refused the gateway's "
                                               "credential")
@@ -40,7 +40,7 @@ def retry_failure(target: Target, upstream: UpstreamResponse) -> Failure:
         return Failure(target, "invalid", f"HTTP {status} with an answer that is not a JSON "
                                            "object")
     return Failure(target, "status",
-                    f"HTTP {status}: {target.redact(upstream_message(upstream.body))}")
+                    f"HTTP {status}: {target.redact(_upstream_error(upstream.body)[0])}")
 
 
 def looks_like_object(body: bytes | None) -> bool:
@@ -103,10 +103,6 @@ def _upstream_error(body: bytes | None) -> tuple[str, object, object]:
         return "no details", found.get("type"), found.get("code")
     text = (body or b"")[:300].decode("utf-8", "replace").strip()
     return text or "no details", None, None
-
-
-def upstream_message(body: bytes | None) -> str:
-    return _upstream_error(body)[0]
 
 
 def as_openai_error(upstream: UpstreamResponse, call: Call, target: Target) -> bytes:

@@ -49,14 +49,10 @@ _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                     429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 
 
-def _anthropic_error(error: ProxyError) -> dict[str, object]:
+def _anthropic_body(error: ProxyError) -> bytes:
     type_ = _ANTHROPIC_TYPES.get(error.status, "api_error" if error.status >= 500 else
                                  "invalid_request_error")
-    return {"type": "error", "error": {"type": type_, "message": error.message}}
-
-
-def _anthropic_body(error: ProxyError) -> bytes:
-    return orjson.dumps(_anthropic_error(error))
+    return orjson.dumps({"type": "error", "error": {"type": type_, "message": error.message}})
 
 
 def _anthropic_event(error: ProxyError) -> bytes:

@@ -8,7 +8,7 @@ from aiohttp import hdrs, web
 from ..errors import PluginError
 from ..keys import GATEWAY
 from . import clusters, inference, models, ops, whoami
-from .errors import openai_errors, unknown_route, wrong_method
+from .errors import answers_errors, unknown_route, wrong_method
 from .incoming import expect_continue, expect_no_body
 from .plugin_routes import plugin_handler
 
@@ -37,7 +37,7 @@ def setup_routes(app: web.Application) -> None:
     gets["/resource_server/{cluster}/jobs"] = clusters.cluster_jobs
     gets["/resource_server/{cluster}/models"] = clusters.cluster_models
     for path, get in gets.items():
-        router.add_get(path, openai_errors(get), expect_handler=expect_no_body)
+        router.add_get(path, answers_errors(get), expect_handler=expect_no_body)
     _add_plugin_routes(app)
     for resource in router.resources():
         if isinstance(resource, web.Resource):

@@ -22,7 +22,7 @@ from ..surfaces import OPENAI, Surface
 from ..types import RequestRecord
 from .incoming import request_id
 
-__all__ = ["answers_errors", "openai_errors", "unknown_route", "wrong_method"]
+__all__ = ["answers_errors", "unknown_route", "wrong_method"]
 
 log = logging.getLogger("first_proxy")
 
@@ -59,11 +59,7 @@ def answers_errors(handler: Handler, surface: Surface = OPENAI) -> Handler:
     return handle
 
 
-#: The wrapper of OpenAI-shaped routes.
-openai_errors = answers_errors
-
-
-@openai_errors
+@answers_errors
 async def unknown_route(request: web.Request) -> NoReturn:
     # The target as sent: ``%0A`` stays three characters, and ``OPTIONS *`` reads as sent.
     raise NotFound(f"There is no route {request.method} {request.raw_path}. The API lives under "
@@ -74,7 +70,7 @@ def wrong_method(allowed: Iterable[str]) -> Handler:
     """The handler answering any method other than ``allowed`` on a path: a 405."""
     allow = ", ".join(sorted(allowed))
 
-    @openai_errors
+    @answers_errors
     async def method_not_allowed(request: web.Request) -> NoReturn:
         raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allow}.",
                                headers={"Allow": allow})
