@@ -30,10 +30,7 @@ __all__ = ["Hooks", "RouteSpec"]
 
 #: Answers of these exact types are never awaitable: no need to ask ``inspect.isawaitable``.
 _PLAIN = frozenset({Identity, Denial, Status, list, tuple, dict, str, int, bool})
-
-
-def _awaitable(value: Any) -> bool:
-    return type(value) not in _PLAIN and inspect.isawaitable(value)
+_isawaitable = inspect.isawaitable
 
 
 def _impls(pm: pluggy.PluginManager, name: str) -> list[pluggy.HookImpl]:
@@ -71,7 +68,8 @@ class _Caller:
         gateway = self._gateway
         for function, pick, is_async in self._calls:
             result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
-            if is_async or (result is not None and _awaitable(result)):
+            if is_async or (result is not None and type(result) not in _PLAIN
+                            and _isawaitable(result)):
                 result = await result
             if result is not None:
                 return result
@@ -83,7 +81,8 @@ class _Caller:
         found = None
         for function, pick, is_async in self._calls:
             result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
-            if is_async or (result is not None and _awaitable(result)):
+            if is_async or (result is not None and type(result) not in _PLAIN
+                            and _isawaitable(result)):
                 result = await result
             if found is None:
                 found = result
@@ -95,7 +94,8 @@ class _Caller:
         gateway = self._gateway
         for function, pick, is_async in self._calls:
             result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
-            if is_async or (result is not None and _awaitable(result)):
+            if is_async or (result is not None and type(result) not in _PLAIN
+                            and _isawaitable(result)):
                 result = await result
             if result is not None:
                 results.append(result)
@@ -110,7 +110,8 @@ class _Caller:
         for function, pick, is_async in self._calls:
             args = (model, order, statuses, gateway)
             result = function(*args) if pick is None else function(*pick(args))
-            if is_async or (result is not None and _awaitable(result)):
+            if is_async or (result is not None and type(result) not in _PLAIN
+                            and _isawaitable(result)):
                 result = await result
             if result is not None:
                 order = result

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from itertools import accumulate
 from json.decoder import scanstring
 from typing import Any
@@ -96,15 +97,23 @@ def duplicate_key(raw: bytes, body: dict[str, Any]) -> str | None:
     orjson keeps the last of duplicated keys, while some upstreams keep the first: a body
     that says two things must be refused, not routed by one reading and served by another.
     """
+    # Each key is spelled at least once, so counts that add up to the number of keys mean
+    # that each is spelled exactly once; without escapes, no key can be spelled differently.
     if (len(body) <= _FEW_KEYS and b"\\" not in raw
-            and all(raw.count(b'"%s"' % key.encode()) == 1 for key in body)):
-        return None  # each key is spelled once, and no escape can spell it differently
+            and sum(map(raw.count, map(_spelled, body))) == len(body)):
+        return None
     seen: set[str] = set()
     for key, _ in json.loads(raw, object_pairs_hook=list):
         if key in seen:
             return key
         seen.add(key)
     return None
+
+
+@lru_cache(maxsize=512)
+def _spelled(key: str) -> bytes:
+    """``key`` as a JSON string without escapes: what a body holding it must contain."""
+    return b'"%s"' % key.encode()
 
 
 def set_member(text: str, key: str, value: str, at: int = 0) -> str:

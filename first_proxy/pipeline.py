@@ -88,7 +88,7 @@ async def _targets(gateway: Gateway, call: Call, row: RequestRecord,
                    pin: tuple[str, str] | None) -> Sequence[Target]:
     """The targets the caller may use for the call's model, in the order to try them."""
     name, identity = call.model, call.identity
-    model = gateway.model(name)
+    model = gateway.config.models.get(name)
     if model is None:
         raise NotFound(
             f"The model {shown(name)} does not exist. GET /v1/models lists the models you may use.",

@@ -79,9 +79,10 @@ async def read_body(request: web.Request, gateway: Gateway) -> bytes:
     """The request body, within ``server.max_body_bytes`` and ``server.body_timeout``; a 4xx
     that says what is wrong otherwise (too large, too slow, or not the encoding it claims)."""
     server = gateway.config.server
-    task = asyncio.current_task(gateway.loop)
-    assert task is not None
-    gateway.in_flight.expire_in(task, server.body_timeout)
+    # A body that has arrived whole (most do, with their headers) needs no deadline.
+    task = None if request.content.is_eof() else asyncio.current_task(gateway.loop)
+    if task is not None:
+        gateway.in_flight.expire_in(task, server.body_timeout)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -100,7 +101,8 @@ async def read_body(request: web.Request, gateway: Gateway) -> bytes:
             "The request body is malformed (a broken chunked encoding); send it again.",
             code="invalid_body")
     finally:
-        gateway.in_flight.clear(task)
+        if task is not None:
+            gateway.in_flight.clear(task)
     # The rest of the body stays unread: the answer closes the connection.
     request.content.feed_eof()
     error.close_connection = True

@@ -39,8 +39,10 @@ async def proxy(request: web.Request, endpoint: str, surface: Surface = OPENAI,
     assert task is not None
     gateway.in_flight.add(task)
     try:
-        identity = request.get(IDENTITY) or await authenticate(request, gateway,
-                                                               x_api_key=x_api_key)
+        # Set only where ``Expect: 100-continue`` was checked; an empty request skips the
+        # lookup, which for a key it lacks costs a KeyError.
+        identity = ((len(request) and request.get(IDENTITY))
+                    or await authenticate(request, gateway, x_api_key=x_api_key))
         row.user = identity.user_id
         raw = await read_body(request, gateway)
         body = parse_request(raw, endpoint)

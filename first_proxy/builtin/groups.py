@@ -11,14 +11,13 @@ from ..types import Denial, Identity, Target
 def authorize(identity: Identity, model: str, target: Target | None,
               gateway: Gateway) -> Denial | None:
     if target is None:
-        config = gateway.model(model)
+        config = gateway.config.models.get(model)
         allowed = config.allowed_groups if config is not None else frozenset()
-        what = f"model {model!r}"
     else:
         allowed = target.allowed_groups
-        what = f"target {target.name!r} of model {model!r}"
     if not allowed or identity.groups & allowed:
         return None
+    what = f"model {model!r}" if target is None else f"target {target.name!r} of model {model!r}"
     return Denial(
         f"{what} is open to members of {', '.join(sorted(allowed))}; "
         f"{identity.name!r} is in none of them. Ask your gateway administrator for access.",
