@@ -48,6 +48,7 @@ class Answer:
         "call",
         "content_type",
         "status",
+        "streaming",
         "target",
         "usage",
     )
@@ -64,14 +65,12 @@ class Answer:
         self._leases = leases
         self.body: bytes | None = None
         self.content_type = "application/json"
+        #: Whether the answer is a stream, to deliver with :meth:`stream_to`.
+        self.streaming = upstream.chunks is not None
         #: What a JSON answer says it used (``None`` for streams, until delivered).
-        self.usage = self._read_json() if upstream.chunks is None else None
+        self.usage = None if self.streaming else self._read_json()
         #: A stream not yet ended: the target counts it among the calls it answers.
-        self._open = upstream.chunks is not None
-
-    @property
-    def streaming(self) -> bool:
-        return self._upstream.chunks is not None
+        self._open = self.streaming
 
     def _read_json(self) -> dict[str, Any] | None:
         """Set the body to deliver; the usage it reports, counted into the row. The pipeline

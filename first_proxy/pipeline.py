@@ -75,7 +75,15 @@ async def run(gateway: Gateway, call: Call, row: RequestRecord,
     :class:`~first_proxy.errors.ProxyError` for every refusal and failure.
     """
     ordered = await _targets(gateway, call, row, pin)
-    leases = await _admit(gateway, call)
+    # Every limiter is asked; the first denial, or a limiter that fails, stops the others and
+    # gives back what they hold.
+    answers: list[Denial | Lease] = []
+    try:
+        await gateway.hooks.check_limits(answers, call.identity, call.model, call)
+    except BaseException:
+        await Leases(cast(list[Lease], answers)).release()
+        raise
+    leases = await _admitted(answers) if answers else None
     try:
         return await _forward(gateway, call, ordered, row, leases)
     except BaseException:
@@ -142,19 +150,13 @@ def _pinned(gateway: Gateway, name: str, candidates: Sequence[Target],
     return pinned
 
 
-async def _admit(gateway: Gateway, call: Call) -> Leases | None:
-    """Ask every limiter; the first denial, or a limiter that fails, stops the others and
-    gives back what they hold."""
-    answers: list[Denial | Lease] = []
-    try:
-        await gateway.hooks.check_limits(answers, call.identity, call.model, call)
-    except BaseException:
-        await Leases(cast(list[Lease], answers)).release()
-        raise
-    if answers and isinstance(answers[-1], Denial):
+async def _admitted(answers: list[Denial | Lease]) -> Leases:
+    """The leases the limiters took; a denial's error, once the leases before it are given
+    back, if the last answer is one."""
+    if isinstance(answers[-1], Denial):
         await Leases(cast(list[Lease], answers[:-1])).release()
         raise denial_error(answers[-1])
-    return Leases(cast(list[Lease], answers)) if answers else None
+    return Leases(cast(list[Lease], answers))
 
 
 async def _forward(gateway: Gateway, call: Call, ordered: Sequence[Target], row: RequestRecord,

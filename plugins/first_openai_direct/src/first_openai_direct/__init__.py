@@ -7,7 +7,8 @@ the gateway. Health comes from ``GET {url}/models`` or from a status manifest.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from first_proxy import Backend, Call, Gateway, Status, Target, UpstreamResponse, hookimpl, post_openai
 
@@ -25,8 +26,11 @@ class OpenAIBackend(Backend):
     def validate(self, target: Target, path: str) -> list[tuple[str, str]]:
         return validate_target(target, path)
 
-    async def dispatch(self, target: Target, call: Call, gateway: Gateway) -> UpstreamResponse:
-        return await post_openai(gateway, target, call, headers=target.options.get("headers"))
+    def dispatch(self, target: Target, call: Call,
+                 gateway: Gateway) -> Coroutine[Any, Any, UpstreamResponse]:
+        # post_openai's own coroutine, handed back rather than awaited here: one frame fewer
+        # for every request and every resumption of it.
+        return post_openai(gateway, target, call, headers=target.options.get("headers"))
 
     async def status(self, target: Target, gateway: Gateway) -> Status:
         manifest = target.options.get("status_url")
