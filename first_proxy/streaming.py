@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -124,6 +125,11 @@ class UsageTee:
         return None
 
 
+#: ``"usage": {...}`` with objects at most one level deep inside (OpenAI's token details):
+#: what answers hold, matched in one go.
+_USAGE_OBJECT = re.compile(rb'"usage"[ \t\r\n]*:[ \t\r\n]*(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})')
+
+
 def usage_of(body: bytes) -> dict[str, Any] | None:
     """The ``usage`` object of a JSON answer, read without parsing the whole body.
 
@@ -132,6 +138,19 @@ def usage_of(body: bytes) -> dict[str, Any] | None:
     at = body.rfind(b'"usage"')
     if at < 0:
         return None
+    found = _USAGE_OBJECT.match(body, at)
+    if found is None:
+        return _nested_usage(body, at)
+    try:
+        usage = orjson.loads(found.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def _nested_usage(body: bytes, at: int) -> dict[str, Any] | None:
+    """``usage_of`` for a ``usage`` (mentioned at ``at``) that is not an object nested at most
+    two deep: deeper, null, or a key inside a string."""
     start = body.find(b"{", at)
     if start < 0 or body[at + 7 : start].strip(b" \t\r\n:"):
         return None  # "usage": null, or a key inside a string

@@ -98,6 +98,14 @@ def test_usage_of_reads_the_usage_object_of_a_large_answer() -> None:
 
 
 @pytest.mark.parametrize("body", [
+    b'{"usage" : { "prompt_tokens": 3, "details": {"cached": 0}, "more": {"a": 1} } }',
+    b'{"usage": {"prompt_tokens": 3, "details": {"cached": {"read": 1, "written": 2}}}}',
+])
+def test_usage_of_reads_usage_nested_to_any_depth(body: bytes) -> None:
+    assert usage_of(body) == orjson.loads(body)["usage"]
+
+
+@pytest.mark.parametrize("body", [
     b'{"usage": null, "choices": [{"message": {"content": "{}"}}]}',
     b'{"choices": []}',
     b'{"usage": {"prompt_tokens": ',
