@@ -7,6 +7,8 @@ import collections
 import orjson
 from aiohttp import web
 
+from first_proxy.testing import serve_on_loopback
+
 __all__ = ["BytesUpstream"]
 
 
@@ -34,11 +36,7 @@ class BytesUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/{endpoint:.+}", self._answer)
         self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/v1"
+        self.url = await serve_on_loopback(self._runner) + "/v1"
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend
+from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, serve_on_loopback
 
 MODEL = "reference-model"
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
@@ -47,11 +47,7 @@ async def upstream() -> AsyncIterator[tuple[str, StreamingUpstream]]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", streaming.chat)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/v1", streaming
+    yield await serve_on_loopback(runner) + "/v1", streaming
     await runner.cleanup()
 
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend
+from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, serve_on_loopback
 
 MODEL = "reference-model"
 ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "model": MODEL,
@@ -37,10 +37,7 @@ async def chatty_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = (await serve_on_loopback(runner)).rsplit(":", 1)[1]
     # A host name, not an address: cookie jars keep no cookies for bare IP addresses.
     yield f"http://localhost:{port}/v1", seen
     await runner.cleanup()

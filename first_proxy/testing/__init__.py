@@ -14,6 +14,7 @@ from typing import Any
 from .backend import ReferenceBackend
 from .gateway import GatewayServer
 from .globus import FakeGlobus, GlobusToken, GlobusUser
+from .loopback import serve_on_loopback
 from .scheduler import FakeScheduler, SchedulerCall
 from .upstream import ReceivedRequest, ReferenceUpstream
 from .waiting import eventually
@@ -32,6 +33,7 @@ __all__ = [
     "SchedulerCall",
     "api_keys",
     "eventually",
+    "serve_on_loopback",
 ]
 
 #: The type of the ``make_gateway`` fixture: ``await make_gateway(config, plugins=[...])``.

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aiohttp import web
-
 from ..app import create_app
 from ..config import GatewayConfig, parse_config
 from ..gateway import Gateway
 from ..keys import GATEWAY
 from ..server import GatewayRunner
+from .loopback import serve_on_loopback
 from .waiting import eventually
 
 __all__ = ["GatewayServer"]
@@ -61,11 +60,7 @@ class GatewayServer:
     async def start(self, port: int = 0) -> GatewayServer:
         """Serve on 127.0.0.1:``port`` (0: any free port)."""
         self._runner = GatewayRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self.url = await serve_on_loopback(self._runner, port=port)
         return self
 
     async def close(self) -> None:

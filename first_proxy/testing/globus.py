@@ -24,6 +24,8 @@ from typing import Any
 
 from aiohttp import BasicAuth, web
 
+from .loopback import serve_on_loopback
+
 __all__ = ["GROUPS_SCOPE", "FakeGlobus", "GlobusCall", "GlobusToken", "GlobusUser"]
 
 #: The scope of a Groups token that can list the caller's memberships.
@@ -153,10 +155,8 @@ class FakeGlobus:
         app.router.add_get("/v2/oauth2/userinfo", self._userinfo)
         app.router.add_get("/v2/groups/my_groups", self._my_groups)
         self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self._port).start()
+        self.url = await serve_on_loopback(self._runner, port=self._port) + "/"
         self._port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{self._port}/"
         return self.url
 
     async def stop(self) -> None:

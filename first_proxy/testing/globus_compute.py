@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .loopback import serve_on_loopback
+
 if TYPE_CHECKING:
     from globus_compute_sdk import Client
     from globus_compute_sdk.serialize import ComputeSerializer
@@ -243,10 +245,7 @@ class FakeComputeService:
         app.router.add_get("/v2/tasks/{task_id}", self._task)
         app.router.add_post("/v2/batch_status", self._batch_status)
         self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self.url = await serve_on_loopback(self._runner)
         return self
 
     async def close(self) -> None:

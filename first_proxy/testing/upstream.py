@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .loopback import serve_on_loopback
 from .openai_answers import Answer, Reply, embeddings, replies
 from .openai_requests import Ask, BadRequest, parse_body, read_ask
 
@@ -82,11 +83,7 @@ class ReferenceUpstream:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = self._runner.addresses[0]
-        self.url = f"http://{bound[0]}:{bound[1]}/v1"
+        self.url = await serve_on_loopback(self._runner, host, port) + "/v1"
         return self.url
 
     async def close(self) -> None:

@@ -20,7 +20,7 @@ from globus_compute_sdk.errors import TaskExecutionFailed
 from globus_compute_sdk.serialize import ComputeSerializer
 from globus_compute_support import JSON_RESULTS, MODEL, port_of
 
-from first_proxy.testing import ReferenceUpstream, eventually
+from first_proxy.testing import ReferenceUpstream, eventually, serve_on_loopback
 from first_proxy.testing.globus_compute import LocalEndpoint
 
 
@@ -74,10 +74,7 @@ class Callback:
         app = web.Application()
         app.router.add_post(CALLBACK_ROUTE, self._handle)
         self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self.url = await serve_on_loopback(self._runner)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -11,6 +11,8 @@ import pytest
 from aiohttp import web
 from first_globus_compute.streams import CALLBACK_ROUTE, MAX_POST_BYTES, End, Stream, Streams
 
+from first_proxy.testing import serve_on_loopback
+
 
 class Route:
     def __init__(self, streams: Streams, url: str, http: aiohttp.ClientSession) -> None:
@@ -37,11 +39,9 @@ async def route() -> AsyncIterator[Route]:
     app = web.Application()
     app.router.add_post(CALLBACK_ROUTE, streams.handle)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
+    url = await serve_on_loopback(runner)
     async with aiohttp.ClientSession() as http:
-        yield Route(streams, f"http://{host}:{port}", http)
+        yield Route(streams, url, http)
     await runner.cleanup()
 
 

@@ -16,7 +16,13 @@ from aiohttp import web
 
 from first_proxy.errors import ConfigError
 from first_proxy.plugins import get_plugin_manager, list_plugins
-from first_proxy.testing import TEST_KEY, GatewayServer, MakeGateway, ReferenceUpstream
+from first_proxy.testing import (
+    TEST_KEY,
+    GatewayServer,
+    MakeGateway,
+    ReferenceUpstream,
+    serve_on_loopback,
+)
 from first_proxy.types import Status
 
 MODEL = "reference-model"  # what ReferenceUpstream serves
@@ -62,10 +68,7 @@ class Manifests:
         app = web.Application()
         app.router.add_get("/{name}", self._serve)
         self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self.url = await serve_on_loopback(self._runner)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
