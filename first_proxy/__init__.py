@@ -3,6 +3,8 @@
 What a plugin imports lives here: ``hookimpl`` and the values hooks exchange.
 """
 
+__version__ = "0.1.0"  # before the imports: the gateway names itself with it
+
 from .backends import Backend
 from .config import GatewayConfig
 from .errors import AuthenticationError, ProxyError, UpstreamError
@@ -13,8 +15,6 @@ from .limits import Lease
 from .surfaces import ANTHROPIC, OPENAI, Surface
 from .types import Call, Denial, Identity, RequestRecord, Status, Target, Timeouts, UpstreamResponse
 from .upstream import post_openai
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ANTHROPIC",

@@ -15,6 +15,7 @@ import aiohttp
 import pluggy
 from aiohttp import web
 
+from . import __version__
 from .accesslog import ACCESS_LOGGER, AccessLog
 from .backends import Backend, registered_backends
 from .config import GatewayConfig, ModelConfig
@@ -27,6 +28,9 @@ from .requestlog import RequestLog
 from .status import combine
 from .store import Store, open_store, store_label
 from .types import RequestRecord, Status, Target
+
+#: How the gateway names itself to upstreams.
+USER_AGENT = f"first-proxy/{__version__}"
 
 __all__ = ["Gateway", "check_wiring", "config_problems"]
 
@@ -91,8 +95,10 @@ class Gateway:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=target.timeouts.connect),
                 # Bodies are passed on as they come, so they must come uncompressed.
                 auto_decompress=False,
-                headers={"Accept-Encoding": "identity"},
-                skip_auto_headers=("User-Agent",),
+                # Naming the gateway as the client, rather than leaving aiohttp's default out
+                # with ``skip_auto_headers``, also spares aiohttp building a header set of
+                # headers to skip on every request.
+                headers={"Accept-Encoding": "identity", "User-Agent": USER_AGENT},
                 # An upstream's cookies must not be kept and sent on behalf of other callers.
                 cookie_jar=aiohttp.DummyCookieJar(),
             )

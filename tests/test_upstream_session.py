@@ -1,4 +1,5 @@
-"""What the gateway's shared upstream sessions keep to themselves: compression and cookies.
+"""What the gateway's shared upstream sessions keep to themselves: compression, cookies and
+the caller's client name.
 
 The upstream here is a plain aiohttp server that does what commercial APIs do: it compresses
 whatever the client accepts, and sets a cookie.
@@ -13,6 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from first_proxy import __version__
 from first_proxy.testing import TEST_KEY, GatewayServer, ReferenceBackend, serve_on_loopback
 
 MODEL = "reference-model"
@@ -55,7 +57,8 @@ async def ask(server: GatewayServer) -> aiohttp.ClientResponse:
         response = await http.post(
             f"{server.base_url}/chat/completions",
             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
-            headers={"Authorization": f"Bearer {TEST_KEY}", "Accept-Encoding": "gzip"})
+            headers={"Authorization": f"Bearer {TEST_KEY}", "Accept-Encoding": "gzip",
+                     "User-Agent": "callers-own-client/1.0"})
         await response.read()
         return response
 
@@ -78,3 +81,10 @@ async def test_an_upstream_cookie_is_never_sent_back(server: GatewayServer,
     _, seen = chatty_upstream
     assert len(seen) == 2
     assert all("Cookie" not in headers for headers in seen)
+
+
+async def test_the_upstream_sees_the_gateway_as_its_client(server: GatewayServer,
+                                                          chatty_upstream) -> None:  # type: ignore[no-untyped-def]
+    assert (await ask(server)).status == 200
+    _, seen = chatty_upstream
+    assert seen[-1]["User-Agent"] == f"first-proxy/{__version__}"
