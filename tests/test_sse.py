@@ -98,15 +98,19 @@ def test_usage_of_reads_the_usage_object_of_a_large_answer() -> None:
 
 
 @pytest.mark.parametrize("body", [
+    b'{"id": "x", "usage": {"prompt_tokens": 3, "completion_tokens": 5}}',
+    b'{"usage"\r\n:\t{ "prompt_tokens": 3, "prompt_tokens_details": null } }',
     b'{"usage" : { "prompt_tokens": 3, "details": {"cached": 0}, "more": {"a": 1} } }',
     b'{"usage": {"prompt_tokens": 3, "details": {"cached": {"read": 1, "written": 2}}}}',
 ])
-def test_usage_of_reads_usage_nested_to_any_depth(body: bytes) -> None:
+def test_usage_of_reads_usage_flat_or_nested_to_any_depth(body: bytes) -> None:
     assert usage_of(body) == orjson.loads(body)["usage"]
 
 
 @pytest.mark.parametrize("body", [
     b'{"usage": null, "choices": [{"message": {"content": "{}"}}]}',
+    b'{"usage": null, "system_fingerprint": {"a": 1}}',
+    b'{"content": "usage", "usage": "{not: an object}"}',
     b'{"choices": []}',
     b'{"usage": {"prompt_tokens": ',
     b"",
