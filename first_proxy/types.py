@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from .headers import CONTENT_TYPE
 from .jsonbody import members, set_member
 
 __all__ = [
@@ -228,7 +229,11 @@ class UpstreamResponse:
 
     @property
     def content_type(self) -> str:
-        return self.headers.get("Content-Type", self.headers.get("content-type", ""))
+        """The answer's Content-Type ("" if none): ``headers`` may be aiohttp's, which ignore
+        case, or a plain dict a plugin made."""
+        headers = self.headers
+        found = headers.get(CONTENT_TYPE)
+        return found if found is not None else headers.get("content-type", "")
 
     async def aclose(self) -> None:
         if self.close is not None:

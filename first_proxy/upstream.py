@@ -10,6 +10,7 @@ import aiohttp
 from yarl import URL
 
 from .errors import UpstreamError
+from .headers import AUTHORIZATION, CONTENT_TYPE, REQUEST_ID
 from .types import Call, Target, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -36,9 +37,9 @@ async def post_openai(
     base = url or target.url
     if not base:
         raise UpstreamError(f"target {target.name!r} has no url")
-    out = {"Content-Type": "application/json", "X-Request-Id": call.request_id}
+    out = {CONTENT_TYPE: "application/json", REQUEST_ID: call.request_id}
     if target.api_key:
-        out["Authorization"] = f"Bearer {target.api_key}"
+        out[AUTHORIZATION] = f"Bearer {target.api_key}"
     if headers:
         out.update(headers)
     try:

@@ -19,6 +19,7 @@ from ..errors import (
     RequestTooLarge,
 )
 from ..gateway import Gateway
+from ..headers import API_KEY, AUTHORIZATION, CONTENT_ENCODING, REQUEST_ID
 from ..inflight import EXPIRED, absorb
 from ..keys import GATEWAY, IDENTITY
 from ..pipeline import shown
@@ -36,7 +37,7 @@ _id_numbers = itertools.count(1)
 
 def request_id(request: web.Request) -> str:
     """The caller's ``X-Request-Id`` if it is safe to echo and log, else a new id."""
-    given = request.headers.get("X-Request-Id")
+    given = request.headers.get(REQUEST_ID)
     if given is not None and _SAFE_ID.fullmatch(given):
         return given
     return f"{_ID_PREFIX}{next(_id_numbers):016x}"
@@ -45,14 +46,14 @@ def request_id(request: web.Request) -> str:
 def credential(request: web.Request, *, x_api_key: bool = False) -> str | None:
     """The token of ``Authorization: Bearer <token>`` (or, where ``x_api_key``, of the
     ``x-api-key`` header Anthropic's clients send), or None."""
-    header = request.headers.get("Authorization")
+    header = request.headers.get(AUTHORIZATION)
     if header is not None:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() == "bearer" and token:
             return token
     if x_api_key:
-        return request.headers.get("x-api-key") or None
+        return request.headers.get(API_KEY) or None
     return None
 
 
@@ -65,7 +66,7 @@ async def authenticate(request: web.Request, gateway: Gateway, *,
         return identity
     how = "'Authorization: Bearer <token>'" + (" or 'x-api-key: <key>'" if x_api_key else "")
     if token is None:
-        if request.headers.get("Authorization") is not None:
+        if request.headers.get(AUTHORIZATION) is not None:
             raise AuthenticationError(f"The Authorization header must read {how}.",
                                       code="invalid_authorization")
         raise AuthenticationError(f"No credentials were sent. Send your key or access token "
@@ -94,7 +95,7 @@ async def read_body(request: web.Request, gateway: Gateway) -> bytes:
             f"The request body did not arrive within {server.body_timeout:g} s; send it "
             "again.")
     except RequestPayloadError:
-        encoding = request.headers.get("Content-Encoding")
+        encoding = request.headers.get(CONTENT_ENCODING)
         error = BadRequest(
             f"The request body cannot be read as its Content-Encoding ({shown(encoding)}) says; "
             "send it uncompressed, or compressed as announced." if encoding else

@@ -15,6 +15,7 @@ from functools import partial
 from aiohttp import web
 
 from ..errors import NoTargetAvailable, ProxyError, internal_error
+from ..headers import CONTENT_TYPE, FIRST_TARGET, REQUEST_ID, SERVER
 from ..inflight import SHUTTING_DOWN, absorb
 from ..keys import GATEWAY, IDENTITY
 from ..pipeline import run
@@ -55,12 +56,12 @@ async def proxy(request: web.Request, endpoint: str, surface: Surface = OPENAI,
         cluster = request.match_info.get("cluster")
         pin = None if cluster is None else (cluster, request.match_info["framework"])
         answer = await run(gateway, call, row, pin)
-        headers = {"X-Request-Id": row.request_id, "Server": gateway.config.server.server_header}
+        headers = {REQUEST_ID: row.request_id, SERVER: gateway.config.server.server_header}
         if gateway.config.server.expose_target:
-            headers["X-First-Target"] = answer.target.name
+            headers[FIRST_TARGET] = answer.target.name
         row.status = answer.status
         if not answer.streaming:
-            headers["Content-Type"] = answer.content_type
+            headers[CONTENT_TYPE] = answer.content_type
             return web.Response(body=answer.body, status=answer.status, headers=headers)
         response = web.StreamResponse(headers=SSE_HEADERS)  # copied: a multidict copies fastest
         response.headers.update(headers)

@@ -27,6 +27,7 @@ _INSERT_ONE = f"INSERT INTO requests ({COLUMN_LIST}) VALUES {_ROW}"
 _INSERT_CHUNK = f"INSERT INTO requests ({COLUMN_LIST}) VALUES {', '.join([_ROW] * _CHUNK)}"
 _values = operator.attrgetter(*COLUMNS)
 _EXTRA = COLUMNS.index("extra")
+_extra = operator.attrgetter("extra")
 
 # sqlite3 binds None and bool only after looking for an adapter, and each failed lookup
 # formats an AttributeError message: a quarter of the CPU time a typical row (three NULLs)
@@ -80,7 +81,7 @@ class SQLiteStore:
     async def insert_requests(self, rows: Sequence[RequestRecord]) -> None:
         db = self._require()
         values = list(map(_values, rows))
-        if any(row.extra for row in rows):
+        if any(map(_extra, rows)):
             values = [(*v[:_EXTRA], orjson.dumps(v[_EXTRA]).decode() if v[_EXTRA] else None,
                        *v[_EXTRA + 1:]) for v in values]
         whole = len(values) - len(values) % _CHUNK
