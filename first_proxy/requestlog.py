@@ -18,8 +18,6 @@ __all__ = ["RequestLog"]
 log = logging.getLogger("first_proxy.requestlog")
 
 
-
-
 class RequestLog:
     """A buffer of rows written to the store in batches of ``batch_size`` rows, as soon as
     one is full, and whatever is there every ``flush_interval``.
@@ -27,8 +25,8 @@ class RequestLog:
     Under load only whole batches are written: rows that arrive during a write wait for the
     next batch rather than go out as a small one of their own, which would cost a commit (and
     rewrite the same database pages) for a handful of rows. While the store is unreachable
-    rows stay buffered (up to ``max_buffer``) and are retried; ``aclose`` writes whatever is
-    left.
+    rows stay buffered (up to ``max_buffer``) and are retried every ``flush_interval``;
+    ``aclose`` writes whatever is left.
     """
 
     def __init__(self, store: Store, config: RequestLogConfig, metrics: Metrics) -> None:
@@ -49,7 +47,10 @@ class RequestLog:
     def add(self, row: RequestRecord) -> None:
         rows = self._rows
         rows.append(row)
-        if len(rows) >= self._batch_size:
+        # Only the row that fills a batch wakes the writer: the rows after it are taken with
+        # it, and while the store is down they wait for the interval instead of each starting
+        # another attempt.
+        if len(rows) == self._batch_size:
             self._wake.set()
 
     @property

@@ -113,6 +113,28 @@ async def test_rows_wait_out_a_store_outage(store: WatchedStore) -> None:
         await log.aclose()
 
 
+async def test_a_store_outage_under_load_is_retried_once_an_interval(store: WatchedStore) -> None:
+    # Once a full batch has failed, more requests must not each start another attempt: that
+    # would hammer the store, and log a warning, on every request while it is down.
+    log, _ = make_log(store, batch_size=3, flush_interval=3600.0)
+    await store.close()
+    log.start()
+    try:
+        for i in range(3):
+            log.add(row(i))
+        await eventually(lambda: store.failures == 1)
+        for i in range(3, 50):
+            log.add(row(i))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        assert store.failures == 1
+        assert log.pending == 50
+    finally:
+        await store.open()
+        await log.aclose()
+    assert len(await stored_ids(store)) == 50
+
+
 async def test_flush_reports_failure_and_keeps_rows(store: WatchedStore) -> None:
     log, _ = make_log(store)
     log.add(row(0))
