@@ -49,7 +49,8 @@ async def post_openai(
         )
     except aiohttp.ClientError as e:
         raise UpstreamError(f"cannot reach target {target.name!r}: {_describe(e)}") from e
-    if call.stream and response.status == 200 and response.content_type == "text/event-stream":
+    if (call.stream and response.status == 200
+            and _is_event_stream(response.headers.get(CONTENT_TYPE, ""))):
         return UpstreamResponse(
             status=200, headers=response.headers, chunks=response.content.iter_any(),
             close=response.close, at_eof=response.content.at_eof,
@@ -67,6 +68,12 @@ async def post_openai(
 def _url(base: str, endpoint: str) -> URL:
     """``{base}/{endpoint}``, parsed once rather than on every call."""
     return URL(f"{base}/{endpoint}")
+
+
+@lru_cache(maxsize=64)
+def _is_event_stream(content_type: str) -> bool:
+    """Whether a Content-Type header names SSE; parsed once per spelling an upstream uses."""
+    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
 
 
 def _describe(error: BaseException) -> str:

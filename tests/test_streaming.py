@@ -156,8 +156,8 @@ def as_written(raw: bytes) -> list[Any]:
 
 
 async def stream_through(make_gateway: Any, upstream: BytesUpstream, raw: bytes,
-                         **target: Any) -> list[str]:
-    upstream.content_type, upstream.answer = "text/event-stream", SSE
+                         content_type: str = "text/event-stream", **target: Any) -> list[str]:
+    upstream.content_type, upstream.answer = content_type, SSE
     spec = {"name": "a", "backend": "reference", "url": upstream.url, **target}
     server = await make_gateway({"models": {MODEL: {"targets": [spec]}}},
                                 plugins=[ReferenceBackend()])
@@ -181,6 +181,15 @@ async def test_the_usage_request_is_the_only_change_the_upstream_sees(
         assert bytes_upstream.bodies[-1].replace(b', "stream_options": {"include_usage": true}',
                                                  b"") == AS_WRITTEN
     assert [json.loads(e).get("usage") for e in events[:-1]] == [None]  # hidden from the caller
+
+
+@pytest.mark.parametrize("content_type", ["text/event-stream; charset=utf-8",
+                                          "Text/Event-Stream", " text/event-stream ;x=1"])
+async def test_an_event_stream_is_recognised_however_its_type_is_spelled(
+        make_gateway: Any, bytes_upstream: BytesUpstream, content_type: str) -> None:
+    events = await stream_through(make_gateway, bytes_upstream, AS_WRITTEN, content_type)
+    assert [json.loads(e).get("usage") for e in events[:-1]] == [None]
+    assert events[-1] == "[DONE]"
 
 
 async def test_a_usage_request_turned_off_is_turned_on_in_place(
