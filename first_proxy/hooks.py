@@ -62,45 +62,6 @@ class _Caller:
         self._calls = [(impl.function, _picker(spec, impl.argnames),
                         inspect.iscoroutinefunction(impl.function))
                        for impl in _impls(pm, name)]
-        if len(self._calls) == 1:
-            self._specialise(*self._calls[0])
-
-    def _specialise(self, function: Callable[..., Any],
-                    pick: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None,
-                    is_async: bool) -> None:
-        """The walks below for a hook with one implementation, without their loop: most
-        sites leave each request-path hook to one built-in plugin, asked on every request."""
-        gateway = self._gateway
-
-        async def answer(*args: Any) -> Any:
-            result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
-            if is_async or (result is not None and type(result) not in _PLAIN
-                            and _isawaitable(result)):
-                result = await result
-            return result
-
-        async def until_denial(results: list[Any], *args: Any) -> list[Any]:
-            result = function(*args, gateway) if pick is None else function(*pick((*args, gateway)))
-            if is_async or (result is not None and type(result) not in _PLAIN
-                            and _isawaitable(result)):
-                result = await result
-            if result is not None:
-                results.append(result)
-            return results
-
-        async def chain(model: str, order: Sequence[Target],
-                        statuses: Mapping[str, Status]) -> Sequence[Target]:
-            args = (model, order, statuses, gateway)
-            result = function(*args) if pick is None else function(*pick(args))
-            if is_async or (result is not None and type(result) not in _PLAIN
-                            and _isawaitable(result)):
-                result = await result
-            return order if result is None else result
-
-        # Instance attributes: they take the place of the methods of the same names.
-        self.first = self.first_of_all = answer  # type: ignore[method-assign]
-        self.until_denial = until_denial  # type: ignore[method-assign]
-        self.chain = chain  # type: ignore[method-assign]
 
     async def first(self, *args: Any) -> Any:
         """The first answer that is not None; later implementations are not called."""
