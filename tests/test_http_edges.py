@@ -13,6 +13,7 @@ import orjson
 import pytest
 from yarl import URL
 
+from first_proxy import hookimpl
 from first_proxy.testing import TEST_KEY, GatewayServer, MakeGateway, ReferenceBackend, ReferenceUpstream
 
 MODEL = "reference-model"
@@ -230,6 +231,45 @@ async def test_expect_continue_is_refused_before_the_body_is_sent(
     assert answer.headers["connection"] == "close"
     assert not reference_upstream.received
     await still_serving(connect)
+
+
+class BrokenAuthenticator:
+    """A plugin whose credential check fails for one key."""
+
+    @hookimpl
+    def authenticate(self, credential: str | None) -> None:
+        if credential == "sk-breaks-the-plugin":
+            raise RuntimeError("the identity provider's client broke")
+
+
+async def test_a_plugin_failing_on_the_expect_check_is_a_500_with_a_request_id(
+        make_gateway: MakeGateway, reference_upstream: ReferenceUpstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    server = await make_gateway({"models": {MODEL: {"targets": [
+        {"name": "a", "backend": "reference", "url": reference_upstream.url}]}}},
+        plugins=[ReferenceBackend(), BrokenAuthenticator()])
+    connection = await Connection.open(server)
+    try:
+        await connection.send(post_head(key=b"sk-breaks-the-plugin",
+                                        extra=b"Expect: 100-continue\r\n"))
+        with caplog.at_level(logging.ERROR, logger="first_proxy"):
+            answer = await connection.answer()
+    finally:
+        connection.close()
+    assert answer.status == 500, answer
+    error = answer.error()
+    request_id = answer.headers["x-request-id"]
+    assert request_id in error["message"]
+    assert "identity provider" not in error["message"]  # the details stay in the log
+    assert any(request_id in r.getMessage() and r.exc_info for r in caplog.records)
+    assert answer.headers["connection"] == "close"
+    assert not reference_upstream.received
+    connection = await Connection.open(server)
+    try:
+        await connection.send(post_head() + CHAT)
+        assert (await connection.answer()).status == 200
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize(("method", "path"), [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import re
 
@@ -17,6 +18,7 @@ from ..errors import (
     ProxyError,
     RequestTimeout,
     RequestTooLarge,
+    internal_error,
 )
 from ..gateway import Gateway
 from ..headers import API_KEY, AUTHORIZATION, CONTENT_ENCODING, REQUEST_ID
@@ -28,6 +30,8 @@ from ..types import Identity
 
 __all__ = ["authenticate", "credential", "expect_continue", "expect_no_body", "read_body",
            "request_id"]
+
+log = logging.getLogger("first_proxy")
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: Request ids made here: random per process, then counted (32 hex digits, like a UUID's).
@@ -129,6 +133,14 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     except ProxyError as e:
         e.close_connection = True  # the body may follow anyway; it is not read
         return OPENAI.response(e, request_id(request), gateway.config.server.server_header)
+    except Exception:
+        # A plugin's credential check that fails: the 500 an inference request would get.
+        rid = request_id(request)
+        log.exception("unhandled error checking the credential of %s %s (request %s)",
+                      request.method, request.path, rid)
+        error = internal_error(rid)
+        error.close_connection = True
+        return OPENAI.response(error, rid, gateway.config.server.server_header)
     await _continue(request)
     return None
 
