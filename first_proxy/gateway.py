@@ -83,7 +83,8 @@ class Gateway:
         return self.config.plugins.get(name, {})
 
     def session(self, target: Target) -> aiohttp.ClientSession:
-        """The one shared HTTP session for ``target``, opened on first use."""
+        """The one shared HTTP session for ``target``, opened on first use: it names itself
+        ``first-proxy/<version>``, asks for answers uncompressed and keeps no cookies."""
         session = self._sessions.get(target.key)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(
