@@ -123,7 +123,8 @@ class Answer:
                         data = tee.flush()
                         break
                     data = tee.feed(chunk)
-                if _DONE in (data or last):
+                # ``find``, not ``in``: on bytes, ``in`` makes and drops a TypeError first.
+                if (data or last).find(_DONE) >= 0:
                     await end(data)
                 else:
                     if data:

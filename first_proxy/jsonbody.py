@@ -99,7 +99,8 @@ def duplicate_key(raw: bytes, body: dict[str, Any]) -> str | None:
     """
     # Each key is spelled at least once, so counts that add up to the number of keys mean
     # that each is spelled exactly once; without escapes, no key can be spelled differently.
-    if (len(body) <= _FEW_KEYS and b"\\" not in raw
+    # ``find``, not ``in``: on bytes, ``in`` makes and drops a TypeError first.
+    if (len(body) <= _FEW_KEYS and raw.find(b"\\") < 0
             and sum(map(raw.count, map(_spelled, body))) == len(body)):
         return None
     seen: set[str] = set()

@@ -111,7 +111,8 @@ class UsageTee:
         if value[:1] != b"{" and data.find(_USAGE, start, at) < 0:
             return None  # "usage": null, or the word in a comment
         event = data[start:end].rstrip(b"\r\n")
-        if event.startswith(b"data:") and b"\n" not in event:
+        # ``find``, not ``in``: on bytes, ``in`` makes and drops a TypeError first.
+        if event.startswith(b"data:") and event.find(b"\n") < 0:
             payload = event[5:]
         else:
             payload = b"".join(line[5:].strip() for line in event.splitlines()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -53,14 +53,18 @@ async def post_openai(
             and _is_event_stream(response.headers.get(CONTENT_TYPE, ""))):
         return UpstreamResponse(
             status=200, headers=response.headers, chunks=response.content.iter_any(),
-            close=response.close, at_eof=response.content.at_eof,
+            close=_closer(response), at_eof=response.content.at_eof,
         )
     try:
         body = await response.read()
-    except aiohttp.ClientError as e:
-        raise UpstreamError(f"target {target.name!r} broke off its answer: {_describe(e)}") from e
-    finally:
+    except BaseException as e:
         response.release()
+        if isinstance(e, aiohttp.ClientError):
+            raise UpstreamError(f"target {target.name!r} broke off its answer: "
+                                f"{_describe(e)}") from e
+        raise
+    # Read whole, the answer has given its connection back: ``release`` would only tell its
+    # spent stream so, at the cost of an exception aiohttp makes and drops.
     return UpstreamResponse(status=response.status, headers=response.headers, body=body)
 
 
@@ -68,6 +72,17 @@ async def post_openai(
 def _url(base: str, endpoint: str) -> URL:
     """``{base}/{endpoint}``, parsed once rather than on every call."""
     return URL(f"{base}/{endpoint}")
+
+
+def _closer(response: aiohttp.ClientResponse) -> Callable[[], None]:
+    """``close`` for a streamed answer: one cut short (the caller left, a deadline passed)
+    loses its connection, which tells the upstream to stop; one read to its end has given its
+    connection back already, and closing it would only tell its spent stream so, at the cost
+    of an exception aiohttp makes and drops."""
+    def close() -> None:
+        if not response.content.at_eof():
+            response.close()
+    return close
 
 
 @lru_cache(maxsize=64)

@@ -1,5 +1,5 @@
 """What the gateway's shared upstream sessions keep to themselves: compression, cookies and
-the caller's client name.
+the caller's client name; and that they keep their connections for the next call.
 
 The upstream here is a plain aiohttp server that does what commercial APIs do: it compresses
 whatever the client accepts, and sets a cookie.
@@ -88,3 +88,53 @@ async def test_the_upstream_sees_the_gateway_as_its_client(server: GatewayServer
     assert (await ask(server)).status == 200
     _, seen = chatty_upstream
     assert seen[-1]["User-Agent"] == f"first-proxy/{__version__}"
+
+
+#: A streamed answer as an upstream asked for usage sends it.
+EVENTS = (b'data: {"id":"c1","object":"chat.completion.chunk","created":0,"model":"m",'
+          b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+          b'data: {"id":"c1","object":"chat.completion.chunk","created":0,"model":"m",'
+          b'"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}\n\n'
+          b"data: [DONE]\n\n")
+
+
+@pytest.fixture
+async def counting_upstream() -> AsyncIterator[tuple[str, list[object]]]:
+    """An upstream answering JSON or SSE; yields (url, the peer of every request)."""
+    peers: list[object] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        if not (await request.json()).get("stream"):
+            return web.json_response(ANSWER)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in EVENTS.split(b"\n\n")[:-1]:
+            await response.write(event + b"\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    yield await serve_on_loopback(runner) + "/v1", peers
+    await runner.cleanup()
+
+
+async def test_answers_read_to_the_end_leave_their_connection_for_the_next_call(
+        make_gateway, counting_upstream) -> None:  # type: ignore[no-untyped-def]
+    url, peers = counting_upstream
+    server = await make_gateway({"models": {MODEL: {"targets": [
+        {"name": "counted", "backend": "reference", "url": url}]}}}, plugins=[ReferenceBackend()])
+    async with aiohttp.ClientSession() as http:
+        for stream in (False, True, False, True, True, False):
+            async with http.post(
+                    f"{server.base_url}/chat/completions",
+                    json={"model": MODEL, "stream": stream,
+                          "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"Authorization": f"Bearer {TEST_KEY}"}) as response:
+                assert response.status == 200
+                body = await response.read()
+                assert body.endswith(b"data: [DONE]\n\n") if stream else b"chatcmpl-1" in body
+    assert len(peers) == 6
+    assert len(set(peers)) == 1  # one connection, kept and reused by every call
