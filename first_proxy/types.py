@@ -8,8 +8,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from aiohttp import hdrs
 
-from .headers import CONTENT_TYPE
 from .jsonbody import members, set_member
 
 __all__ = [
@@ -232,7 +232,7 @@ class UpstreamResponse:
         """The answer's Content-Type ("" if none): ``headers`` may be aiohttp's, which ignore
         case, or a plain dict a plugin made."""
         headers = self.headers
-        found = headers.get(CONTENT_TYPE)
+        found = headers.get(hdrs.CONTENT_TYPE)
         return found if found is not None else headers.get("content-type", "")
 
     async def aclose(self) -> None:

@@ -7,10 +7,11 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import aiohttp
+from aiohttp import hdrs
 from yarl import URL
 
 from .errors import UpstreamError
-from .headers import AUTHORIZATION, CONTENT_TYPE, REQUEST_ID
+from .headers import REQUEST_ID
 from .types import Call, Target, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -37,9 +38,9 @@ async def post_openai(
     base = url or target.url
     if not base:
         raise UpstreamError(f"target {target.name!r} has no url")
-    out = {CONTENT_TYPE: "application/json", REQUEST_ID: call.request_id}
+    out = {hdrs.CONTENT_TYPE: "application/json", REQUEST_ID: call.request_id}
     if target.api_key:
-        out[AUTHORIZATION] = f"Bearer {target.api_key}"
+        out[hdrs.AUTHORIZATION] = f"Bearer {target.api_key}"
     if headers:
         out.update(headers)
     try:
@@ -50,18 +51,18 @@ async def post_openai(
     except aiohttp.ClientError as e:
         raise UpstreamError(f"cannot reach target {target.name!r}: {_describe(e)}") from e
     if (call.stream and response.status == 200
-            and _is_event_stream(response.headers.get(CONTENT_TYPE, ""))):
+            and _is_event_stream(response.headers.get(hdrs.CONTENT_TYPE, ""))):
         return UpstreamResponse(
             status=200, headers=response.headers, chunks=response.content.iter_any(),
             close=_closer(response), at_eof=response.content.at_eof,
         )
     try:
         body = await response.read()
-    except BaseException as e:
+    except aiohttp.ClientError as e:
         response.release()
-        if isinstance(e, aiohttp.ClientError):
-            raise UpstreamError(f"target {target.name!r} broke off its answer: "
-                                f"{_describe(e)}") from e
+        raise UpstreamError(f"target {target.name!r} broke off its answer: {_describe(e)}") from e
+    except BaseException:
+        response.release()
         raise
     # Read whole, the answer has given its connection back: ``release`` would only tell its
     # spent stream so, at the cost of an exception aiohttp makes and drops.

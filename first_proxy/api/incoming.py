@@ -21,7 +21,7 @@ from ..errors import (
     internal_error,
 )
 from ..gateway import Gateway
-from ..headers import API_KEY, AUTHORIZATION, CONTENT_ENCODING, REQUEST_ID
+from ..headers import API_KEY, REQUEST_ID
 from ..inflight import EXPIRED, absorb
 from ..keys import GATEWAY, IDENTITY
 from ..pipeline import shown
@@ -50,7 +50,7 @@ def request_id(request: web.Request) -> str:
 def credential(request: web.Request, *, x_api_key: bool = False) -> str | None:
     """The token of ``Authorization: Bearer <token>`` (or, where ``x_api_key``, of the
     ``x-api-key`` header Anthropic's clients send), or None."""
-    header = request.headers.get(AUTHORIZATION)
+    header = request.headers.get(hdrs.AUTHORIZATION)
     if header is not None:
         scheme, _, token = header.partition(" ")
         token = token.strip()
@@ -70,7 +70,7 @@ async def authenticate(request: web.Request, gateway: Gateway, *,
         return identity
     how = "'Authorization: Bearer <token>'" + (" or 'x-api-key: <key>'" if x_api_key else "")
     if token is None:
-        if request.headers.get(AUTHORIZATION) is not None:
+        if request.headers.get(hdrs.AUTHORIZATION) is not None:
             raise AuthenticationError(f"The Authorization header must read {how}.",
                                       code="invalid_authorization")
         raise AuthenticationError(f"No credentials were sent. Send your key or access token "
@@ -99,7 +99,7 @@ async def read_body(request: web.Request, gateway: Gateway) -> bytes:
             f"The request body did not arrive within {server.body_timeout:g} s; send it "
             "again.")
     except RequestPayloadError:
-        encoding = request.headers.get(CONTENT_ENCODING)
+        encoding = request.headers.get(hdrs.CONTENT_ENCODING)
         error = BadRequest(
             f"The request body cannot be read as its Content-Encoding ({shown(encoding)}) says; "
             "send it uncompressed, or compressed as announced." if encoding else

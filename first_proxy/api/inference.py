@@ -12,10 +12,10 @@ import logging
 import time
 from functools import partial
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from ..errors import NoTargetAvailable, ProxyError, internal_error
-from ..headers import CONTENT_TYPE, FIRST_TARGET, REQUEST_ID, SERVER
+from ..headers import FIRST_TARGET, REQUEST_ID
 from ..inflight import SHUTTING_DOWN, absorb
 from ..keys import GATEWAY, IDENTITY
 from ..pipeline import run
@@ -56,12 +56,12 @@ async def proxy(request: web.Request, endpoint: str, surface: Surface = OPENAI,
         cluster = request.match_info.get("cluster")
         pin = None if cluster is None else (cluster, request.match_info["framework"])
         answer = await run(gateway, call, row, pin)
-        headers = {REQUEST_ID: row.request_id, SERVER: gateway.config.server.server_header}
+        headers = {REQUEST_ID: row.request_id, hdrs.SERVER: gateway.config.server.server_header}
         if gateway.config.server.expose_target:
             headers[FIRST_TARGET] = answer.target.name
         row.status = answer.status
         if not answer.streaming:
-            headers[CONTENT_TYPE] = answer.content_type
+            headers[hdrs.CONTENT_TYPE] = answer.content_type
             return web.Response(body=answer.body, status=answer.status, headers=headers)
         response = web.StreamResponse(headers=SSE_HEADERS)  # copied: a multidict copies fastest
         response.headers.update(headers)
